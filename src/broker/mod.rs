@@ -1,0 +1,150 @@
+//! The broker: what turns one socket's message into a frame with a global id, keeps it in
+//! history and gets it to every node, and what keeps room presence.
+//!
+//! Two implementations sit behind the [`Broker`] trait: [`MemoryBroker`] for one node with no
+//! Redis (`cargo run`), and [`RedisBroker`] for any number of nodes. The socket code only sees
+//! the trait, through [`NodeBroker`]. Each node hands its broker the node's [`Hub`]
+//! (`crate::hub::Hub`); the broker calls `Hub::dispatch` once per frame, in id order, and the
+//! hub fans the frame out to the node's sockets. That is the node's one subscription.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use crate::protocol::{Frame, RoomName};
+use crate::user::Identity;
+
+pub mod memory;
+pub mod redis;
+
+pub use memory::MemoryBroker;
+pub use redis::RedisBroker;
+
+/// What a joining socket needs, taken in one atomic step (contract guarantee 2): the room's
+/// history after `since`, who is online, and the newest id given out when it was taken. Every
+/// live frame with an id at or below `seen_up_to` is already covered by the history, or older
+/// than it, so the socket drops it; every newer one reaches the socket through the hub.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// At most `CONFAB_HISTORY` frames, oldest first, only those with an id above `since`.
+    pub history: Vec<Frame>,
+    /// The users online in the room, each once (the joining user included).
+    pub members: Vec<Arc<RawValue>>,
+    /// The newest id given out, in any room, when the snapshot was taken.
+    pub seen_up_to: u64,
+}
+
+/// Why the broker could not do what was asked. Only the Redis broker fails; the socket answers
+/// `error` `unavailable` (or closes with 1013 at join) and the message reaches nobody.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Redis answered with an error, or the connection broke.
+    #[error("Redis command failed: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// No pooled connection could be had.
+    #[error("no Redis connection available: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    /// Redis did not answer in time.
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with something the scripts never return.
+    #[error("unexpected reply from Redis: {0}")]
+    Reply(&'static str),
+}
+
+/// What the rest of confab needs from a broker.
+pub trait Broker: Send + Sync {
+    /// Publishes `text` from `user` to `room` as a `chat` frame and returns its id. When this
+    /// returns `Ok`, the frame has its place in the global order and in history, and every
+    /// node (this one included) will dispatch it.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker is unreachable: the frame was given to nobody.
+    fn publish(
+        &self,
+        room: &RoomName,
+        user: &Identity,
+        text: &str,
+    ) -> impl Future<Output = Result<u64, BrokerError>> + Send;
+
+    /// Counts one more socket of `user` in `room`, announcing `join` if it is the user's first
+    /// anywhere, and returns the [`Snapshot`] for the new socket. The caller must already be
+    /// registered in the node's hub, so no frame falls between snapshot and live.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker is unreachable; the socket was not counted.
+    fn join(
+        &self,
+        room: &RoomName,
+        user: &Identity,
+        since: Option<u64>,
+    ) -> impl Future<Output = Result<Snapshot, BrokerError>> + Send;
+
+    /// Counts one socket of `user` in `room` fewer; when it was the user's last anywhere,
+    /// `left` follows after the leave grace unless the user comes back. Failures are handled
+    /// by the broker itself (it re-synchronises when it reconnects).
+    fn leave(&self, room: &RoomName, user: &Identity) -> impl Future<Output = ()> + Send;
+
+    /// Whether the broker can serve now (`/readyz`).
+    fn is_ready(&self) -> bool;
+
+    /// Stops background work and, in cluster mode, removes this node from Redis.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The broker this node runs, chosen by `CONFAB_REDIS_URL`.
+pub enum NodeBroker {
+    /// One node, no Redis.
+    Memory(MemoryBroker),
+    /// Cluster mode.
+    Redis(RedisBroker),
+}
+
+impl Broker for NodeBroker {
+    async fn publish(
+        &self,
+        room: &RoomName,
+        user: &Identity,
+        text: &str,
+    ) -> Result<u64, BrokerError> {
+        match self {
+            Self::Memory(broker) => broker.publish(room, user, text).await,
+            Self::Redis(broker) => broker.publish(room, user, text).await,
+        }
+    }
+
+    async fn join(
+        &self,
+        room: &RoomName,
+        user: &Identity,
+        since: Option<u64>,
+    ) -> Result<Snapshot, BrokerError> {
+        match self {
+            Self::Memory(broker) => broker.join(room, user, since).await,
+            Self::Redis(broker) => broker.join(room, user, since).await,
+        }
+    }
+
+    async fn leave(&self, room: &RoomName, user: &Identity) {
+        match self {
+            Self::Memory(broker) => broker.leave(room, user).await,
+            Self::Redis(broker) => broker.leave(room, user).await,
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Self::Memory(broker) => broker.is_ready(),
+            Self::Redis(broker) => broker.is_ready(),
+        }
+    }
+
+    async fn shutdown(&self) {
+        match self {
+            Self::Memory(broker) => broker.shutdown().await,
+            Self::Redis(broker) => broker.shutdown().await,
+        }
+    }
+}

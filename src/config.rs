@@ -1,0 +1,481 @@
+//! Configuration: every `CONFAB_*` environment variable, each also a command-line flag
+//! (`CONFAB_REDIS_URL` ⇔ `--redis-url`), checked once at start-up.
+//!
+//! clap collects the raw strings and remembers where each came from; [`Config::from_matches`]
+//! parses them so that an error names the variable, or the flag when it came as a flag, in
+//! one line. The full list with defaults is in `.env.sample` and the README.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::protocol::MAX_CLIENT_MESSAGE_BYTES;
+
+/// The raw command line and environment, before checking.
+#[derive(Debug, Parser)]
+#[command(
+    name = "confab",
+    version,
+    about = "A horizontally scalable real-time chat service."
+)]
+struct Cli {
+    /// Address to listen on, HTTP and WebSocket on the same port.
+    #[arg(long, env = "CONFAB_BIND", default_value = "127.0.0.1:3000")]
+    bind: String,
+    /// Unset: embedded in-memory broker, one node. Set (redis://…): cluster mode.
+    #[arg(long, env = "CONFAB_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Key that signs the user cookie, at least 32 bytes; required in cluster mode.
+    #[arg(long, env = "CONFAB_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// This node's name in Redis, logs and metrics (default: host name + pid).
+    #[arg(long, env = "CONFAB_NODE_ID")]
+    node_id: Option<String>,
+    /// Extra Origins allowed to open a socket, comma-separated.
+    #[arg(long, env = "CONFAB_ALLOWED_ORIGINS")]
+    allowed_origins: Option<String>,
+    /// chat/join/left frames kept per room and replayed to a joining socket.
+    #[arg(long, env = "CONFAB_HISTORY", default_value = "50")]
+    history: String,
+    /// Longest chat message accepted, in Unicode scalar values after trimming.
+    #[arg(long, env = "CONFAB_MAX_MESSAGE_CHARS", default_value = "2000")]
+    max_message_chars: String,
+    /// How long a user may be gone before `left` is announced; 0 announces at once.
+    #[arg(long, env = "CONFAB_LEAVE_GRACE_MS", default_value = "5000")]
+    leave_grace_ms: String,
+    /// Directory served under /static.
+    #[arg(long, env = "CONFAB_STATIC_DIR", default_value = "static")]
+    static_dir: String,
+    /// Most open sockets on this node; upgrades beyond it get 503.
+    #[arg(long, env = "CONFAB_MAX_CONNECTIONS", default_value = "20000")]
+    max_connections: String,
+    /// `multi-thread` (default) or `current-thread` tokio runtime.
+    #[arg(long, env = "CONFAB_RUNTIME", default_value = "multi-thread")]
+    runtime: String,
+}
+
+/// Which tokio runtime runs the node. On a machine with few cores shared with other work, one
+/// thread can beat several (see BENCHMARKS.md), so it is a setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeFlavor {
+    /// One worker thread per core.
+    MultiThread,
+    /// Everything on the main thread.
+    CurrentThread,
+}
+
+/// Where messages go between sockets and nodes.
+#[derive(Clone)]
+pub enum BrokerConfig {
+    /// One node, everything in this process (`CONFAB_REDIS_URL` unset).
+    Memory,
+    /// Cluster mode: the Redis at this URL (which may hold a password, hence secret).
+    Redis {
+        /// `redis://…` or `rediss://…`.
+        url: SecretString,
+    },
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Redis { .. } => f.write_str("Redis { url: [REDACTED] }"),
+        }
+    }
+}
+
+/// Limits and timings of chat itself.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// `CONFAB_HISTORY`: frames kept per room and replayed on connect.
+    pub history: usize,
+    /// `CONFAB_MAX_MESSAGE_CHARS`: longest chat message, in Unicode scalar values.
+    pub max_message_chars: usize,
+    /// `CONFAB_LEAVE_GRACE_MS`: how long a user may be gone before `left`.
+    pub leave_grace: Duration,
+    /// `CONFAB_MAX_CONNECTIONS`: most open sockets on this node.
+    pub max_connections: usize,
+}
+
+/// The whole configuration of a node. Built once by [`Config::from_env`] (or
+/// [`Config::for_tests`]) and then read-only.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CONFAB_BIND`: where HTTP and WebSocket listen.
+    pub bind: SocketAddr,
+    /// `CONFAB_REDIS_URL`: embedded broker or Redis.
+    pub broker: BrokerConfig,
+    /// `CONFAB_SECRET`: the cookie-signing key; `None` means a random one per process.
+    pub secret: Option<SecretString>,
+    /// `CONFAB_NODE_ID`: this node's name.
+    pub node_id: String,
+    /// `CONFAB_ALLOWED_ORIGINS`: extra origins (`scheme://host[:port]`, lower case).
+    pub allowed_origins: Vec<String>,
+    /// Chat limits and timings.
+    pub chat: ChatConfig,
+    /// `CONFAB_STATIC_DIR`: the files served under `/static`.
+    pub static_dir: PathBuf,
+    /// `CONFAB_RUNTIME`: the tokio runtime flavour.
+    pub runtime: RuntimeFlavor,
+}
+
+/// A setting that could not be used; the message names it and says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {setting}: {problem}")]
+pub struct ConfigError {
+    /// The variable or flag at fault, e.g. `CONFAB_HISTORY` or `--history`.
+    pub setting: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// The shortest cookie-signing key accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl Config {
+    /// Reads the process's command line and environment.
+    ///
+    /// # Errors
+    /// A clap error for unknown flags (printed by clap itself), or a [`ConfigError`] naming
+    /// the first bad setting.
+    pub fn from_env() -> Result<Self, StartupError> {
+        Self::from_args(std::env::args_os())
+    }
+
+    /// Reads `args` (program name first) and the environment.
+    ///
+    /// # Errors
+    /// As [`Config::from_env`].
+    pub fn from_args<I, T>(args: I) -> Result<Self, StartupError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command()
+            .try_get_matches_from(args)
+            .map_err(StartupError::Usage)?;
+        Self::from_matches(&matches).map_err(StartupError::Config)
+    }
+
+    /// Checks the values clap collected, naming each by where it came from.
+    ///
+    /// # Errors
+    /// The first bad setting.
+    pub fn from_matches(matches: &ArgMatches) -> Result<Self, ConfigError> {
+        // The derive parser only copies strings and options; it cannot fail on matches that
+        // clap itself produced from the same command.
+        let cli = Cli::from_arg_matches(matches).expect("matches come from Cli::command");
+        let name = |id: &str, env: &str| setting_name(matches, id, env);
+
+        let bind = cli.bind.parse::<SocketAddr>().map_err(|_| ConfigError {
+            setting: name("bind", "CONFAB_BIND"),
+            problem: format!("{:?} is not an address such as 127.0.0.1:3000", cli.bind),
+        })?;
+
+        let broker = match cli.redis_url.filter(|url| !url.is_empty()) {
+            None => BrokerConfig::Memory,
+            Some(url) => {
+                check_redis_url(&url).map_err(|problem| ConfigError {
+                    setting: name("redis_url", "CONFAB_REDIS_URL"),
+                    problem,
+                })?;
+                BrokerConfig::Redis { url: url.into() }
+            }
+        };
+
+        let secret = match cli.secret.filter(|secret| !secret.is_empty()) {
+            Some(secret) if secret.len() < MIN_SECRET_BYTES => {
+                return Err(ConfigError {
+                    setting: name("secret", "CONFAB_SECRET"),
+                    problem: format!(
+                        "must be at least {MIN_SECRET_BYTES} bytes, got {}",
+                        secret.len()
+                    ),
+                });
+            }
+            Some(secret) => Some(SecretString::from(secret)),
+            None if matches!(broker, BrokerConfig::Redis { .. }) => {
+                return Err(ConfigError {
+                    setting: name("secret", "CONFAB_SECRET"),
+                    problem: "is required in cluster mode (CONFAB_REDIS_URL is set): every node must sign cookies with the same key".into(),
+                });
+            }
+            None => None,
+        };
+
+        let node_id = match cli.node_id.filter(|id| !id.is_empty()) {
+            Some(id) => check_node_id(&id)
+                .map(|()| id)
+                .map_err(|problem| ConfigError {
+                    setting: name("node_id", "CONFAB_NODE_ID"),
+                    problem,
+                })?,
+            None => default_node_id(),
+        };
+
+        let allowed_origins = match cli.allowed_origins {
+            None => Vec::new(),
+            Some(list) => parse_origins(&list).map_err(|problem| ConfigError {
+                setting: name("allowed_origins", "CONFAB_ALLOWED_ORIGINS"),
+                problem,
+            })?,
+        };
+
+        let history = parse_number(&cli.history, 0, 10_000).map_err(|problem| ConfigError {
+            setting: name("history", "CONFAB_HISTORY"),
+            problem,
+        })?;
+        let max_message_chars =
+            parse_number(&cli.max_message_chars, 1, MAX_CLIENT_MESSAGE_BYTES as u64).map_err(
+                |problem| ConfigError {
+                    setting: name("max_message_chars", "CONFAB_MAX_MESSAGE_CHARS"),
+                    problem,
+                },
+            )?;
+        let leave_grace_ms =
+            parse_number(&cli.leave_grace_ms, 0, 3_600_000).map_err(|problem| ConfigError {
+                setting: name("leave_grace_ms", "CONFAB_LEAVE_GRACE_MS"),
+                problem,
+            })?;
+        let max_connections =
+            parse_number(&cli.max_connections, 1, 10_000_000).map_err(|problem| ConfigError {
+                setting: name("max_connections", "CONFAB_MAX_CONNECTIONS"),
+                problem,
+            })?;
+
+        let runtime = match cli.runtime.as_str() {
+            "multi-thread" => RuntimeFlavor::MultiThread,
+            "current-thread" => RuntimeFlavor::CurrentThread,
+            other => {
+                return Err(ConfigError {
+                    setting: name("runtime", "CONFAB_RUNTIME"),
+                    problem: format!(
+                        "{other:?} is neither \"multi-thread\" nor \"current-thread\""
+                    ),
+                });
+            }
+        };
+
+        Ok(Self {
+            bind,
+            broker,
+            secret,
+            node_id,
+            allowed_origins,
+            chat: ChatConfig {
+                history: history as usize,
+                max_message_chars: max_message_chars as usize,
+                leave_grace: Duration::from_millis(leave_grace_ms),
+                max_connections: max_connections as usize,
+            },
+            static_dir: PathBuf::from(cli.static_dir),
+            runtime,
+        })
+    }
+
+    /// A configuration for tests that reads no environment: port 0 on loopback, the embedded
+    /// broker, a fixed secret, no leave grace, and the static files of this checkout.
+    pub fn for_tests() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            broker: BrokerConfig::Memory,
+            secret: Some(SecretString::from(
+                "test-secret-that-is-at-least-32-bytes-long",
+            )),
+            node_id: "test-node".into(),
+            allowed_origins: Vec::new(),
+            chat: ChatConfig {
+                history: 50,
+                max_message_chars: 2000,
+                leave_grace: Duration::ZERO,
+                max_connections: 20_000,
+            },
+            static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/static")),
+            runtime: RuntimeFlavor::MultiThread,
+        }
+    }
+
+    /// The secret's bytes, if one was configured.
+    pub fn secret_bytes(&self) -> Option<&[u8]> {
+        self.secret
+            .as_ref()
+            .map(|secret| secret.expose_secret().as_bytes())
+    }
+}
+
+/// Why the process could not start from its command line and environment.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Unknown flag, `--help`, `--version`: clap prints and exits with its own status.
+    #[error(transparent)]
+    Usage(clap::Error),
+    /// A setting with a bad value.
+    #[error(transparent)]
+    Config(ConfigError),
+}
+
+/// The flag when the value came from the command line, else the variable.
+fn setting_name(matches: &ArgMatches, id: &str, env: &str) -> String {
+    match matches.value_source(id) {
+        Some(ValueSource::CommandLine) => format!("--{}", id.replace('_', "-")),
+        _ => env.to_owned(),
+    }
+}
+
+fn parse_number(raw: &str, min: u64, max: u64) -> Result<u64, String> {
+    match raw.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} is out of range ({min} to {max})")),
+        Err(_) => Err(format!("{raw:?} is not a whole number")),
+    }
+}
+
+fn check_redis_url(url: &str) -> Result<(), String> {
+    // The URL may carry a password, so the problem never repeats it.
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|_| "is not a valid redis:// or rediss:// URL".to_owned())
+}
+
+fn check_node_id(id: &str) -> Result<(), String> {
+    let valid = id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+        ))
+    }
+}
+
+/// Host name and process id: unique among live nodes, readable in logs.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|host| {
+            host.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                .take(48)
+                .collect::<String>()
+        })
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "confab".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// `scheme://host[:port]`, lower-cased, each checked.
+fn parse_origins(list: &str) -> Result<Vec<String>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|origin| !origin.is_empty())
+        .map(|origin| {
+            let normalized = origin.trim_end_matches('/').to_ascii_lowercase();
+            let uri: axum::http::Uri = normalized.parse().map_err(|_| {
+                format!("{origin:?} is not an origin such as https://chat.example.com")
+            })?;
+            let has_only_origin_parts = uri.scheme().is_some()
+                && uri.host().is_some()
+                && uri
+                    .path_and_query()
+                    .is_none_or(|pq| pq.as_str() == "/" || pq.as_str().is_empty());
+            if has_only_origin_parts {
+                Ok(normalized)
+            } else {
+                Err(format!(
+                    "{origin:?} is not an origin such as https://chat.example.com"
+                ))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let matches = Cli::command()
+            .try_get_matches_from(std::iter::once("confab").chain(args.iter().copied()))
+            .unwrap();
+        Config::from_matches(&matches)
+    }
+
+    fn failing_setting(args: &[&str]) -> String {
+        config(args).unwrap_err().setting
+    }
+
+    #[test]
+    fn bad_flags_are_named_as_flags() {
+        let cases = [
+            (&["--bind", "nowhere"][..], "--bind"),
+            (&["--history", "abc"], "--history"),
+            (&["--history=-1"], "--history"),
+            (&["--max-message-chars", "0"], "--max-message-chars"),
+            (&["--leave-grace-ms", "soon"], "--leave-grace-ms"),
+            (&["--secret", "short"], "--secret"),
+            (&["--redis-url", "http://example.com"], "--redis-url"),
+            (
+                &["--allowed-origins", "example.com/path"],
+                "--allowed-origins",
+            ),
+            (&["--node-id", "has space"], "--node-id"),
+            (&["--runtime", "fast"], "--runtime"),
+        ];
+        for (args, setting) in cases {
+            assert_eq!(failing_setting(args), setting, "args {args:?}");
+        }
+    }
+
+    #[test]
+    fn cluster_mode_requires_a_shared_secret() {
+        let error = config(&["--redis-url", "redis://127.0.0.1:6379"]).unwrap_err();
+        assert_eq!(error.setting, "CONFAB_SECRET");
+        assert!(error.to_string().contains("cluster mode"), "{error}");
+    }
+
+    #[test]
+    fn redis_url_problems_never_repeat_the_password() {
+        let error = config(&["--redis-url", "http://user:hunter2hunter2@host"]).unwrap_err();
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.bind, "127.0.0.1:3000".parse().unwrap());
+        assert!(matches!(config.broker, BrokerConfig::Memory));
+        assert!(config.secret.is_none());
+        assert_eq!(config.chat.history, 50);
+        assert_eq!(config.chat.max_message_chars, 2000);
+        assert_eq!(config.chat.leave_grace, Duration::from_millis(5000));
+        assert!(
+            config
+                .node_id
+                .ends_with(&format!("-{}", std::process::id()))
+        );
+        assert_eq!(config.runtime, RuntimeFlavor::MultiThread);
+    }
+
+    #[test]
+    fn origins_are_normalised() {
+        let config = config(&[
+            "--allowed-origins",
+            "https://Chat.Example.com/, http://localhost:8080",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.allowed_origins,
+            ["https://chat.example.com", "http://localhost:8080"]
+        );
+    }
+}

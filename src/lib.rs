@@ -1,0 +1,43 @@
+//! confab: a horizontally scalable real-time chat service.
+//!
+//! Browsers sign in with a name, get a signed cookie, and open a WebSocket on the same port as
+//! the page; JSON frames `{id, type, room, user, data, ts}` keep a message list and a user list
+//! live. Any number of stateless nodes share one Redis (pub/sub for delivery, `INCR` inside a
+//! script for one global order, sets for presence); with no Redis configured, one node runs on
+//! an embedded broker. The contract is `docs/protocol.md`; the design is `docs/ARCHITECTURE.md`.
+//!
+//! # Layout
+//! - [`config`]: `CONFAB_*` settings and their checks.
+//! - [`telemetry`]: logging setup.
+//! - [`app`]: shared state, the router, and `Application` (bind, serve, drain).
+//! - [`error`]: how failed HTTP handlers answer.
+//! - [`auth`]: sign-in/out, the signed user cookie, the `Origin` check.
+//! - [`user`]: user names, the user object, its shared JSON.
+//! - [`pages`]: HTML pages from templates, health and readiness.
+//! - [`protocol`]: room names, server frames, chat checks, close codes.
+//! - [`ws`]: the WebSocket upgrade and the per-socket task.
+//! - [`ratelimit`]: the per-socket token bucket.
+//! - [`hub`]: this node's sockets by room, and fan-out to them.
+//! - [`broker`]: ids, history, presence and delivery between nodes; memory and Redis.
+//! - [`presence`]: the per-user presence rules, as the embedded broker keeps them.
+//! - [`history`]: a room's recent frames, as the embedded broker keeps them.
+//! - [`metrics`]: Prometheus metrics and `/metrics`.
+
+pub mod app;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod history;
+pub mod hub;
+pub mod metrics;
+pub mod pages;
+pub mod presence;
+pub mod protocol;
+pub mod ratelimit;
+pub mod telemetry;
+pub mod user;
+pub mod ws;
+
+pub use app::{AppState, Application};
+pub use config::Config;

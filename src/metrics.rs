@@ -1,0 +1,285 @@
+//! Prometheus metrics: one [`Metrics`] struct with its own registry, held by `AppState` (so
+//! each test app counts for itself), and the `GET /metrics` handler.
+//!
+//! Names carry the `confab_` prefix, counters end in `_total`, histograms in `_seconds`;
+//! labels are low-cardinality (close codes, refusal reasons), never rooms or users.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::app::AppState;
+use crate::protocol::close;
+
+/// Every metric a node exports. Created once per node by [`Metrics::new`]; cheap to update
+/// from any task (the metrics are atomics).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections on this node.
+    pub connections: IntGauge,
+    /// Chat messages accepted from clients (published).
+    pub messages_received: IntCounter,
+    /// Frames written to sockets, of every type.
+    pub messages_delivered: IntCounter,
+    /// Sockets closed with 1013 because their outbound queue overflowed.
+    pub slow_consumers: IntCounter,
+    /// Socket closes by WebSocket close code.
+    disconnects: IntCounterVec,
+    /// Requests, sockets and messages refused, by reason.
+    rejected: IntCounterVec,
+    /// Time to publish one frame through the broker (id, history, fan-out).
+    pub broker_publish_seconds: Histogram,
+    /// 1 when the broker is reachable.
+    pub broker_up: IntGauge,
+    /// Times the broker connection was re-established after a loss.
+    pub broker_reconnects: IntCounter,
+    /// Frames a node fetched from the Redis log to fill a gap in its subscription.
+    pub broker_frames_recovered: IntCounter,
+    /// Frames that were lost for good because the log no longer held them.
+    pub broker_frames_lost: IntCounter,
+    /// Users announced as `left` because the node that held them died.
+    pub presence_reaped: IntCounter,
+}
+
+/// Why something was refused: the `reason` label of `confab_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// A chat message over `CONFAB_MAX_MESSAGE_CHARS`.
+    TooLong,
+    /// A chat message that found the socket's token bucket empty.
+    RateLimited,
+    /// A chat message the broker could not publish.
+    Unavailable,
+    /// A socket without a valid user cookie.
+    InvalidUser,
+    /// A socket with an invalid room or `since`.
+    InvalidRoom,
+    /// An upgrade from a foreign `Origin`.
+    BadOrigin,
+    /// A refused sign-in name.
+    InvalidName,
+    /// An upgrade refused because the node is at `CONFAB_MAX_CONNECTIONS`.
+    TooManyConnections,
+    /// An upgrade refused because the node is draining.
+    Draining,
+    /// A binary frame.
+    BinaryFrame,
+    /// A message over 64 KiB.
+    MessageTooBig,
+}
+
+impl Rejection {
+    /// Every reason, so that each is exported (as 0) from the start.
+    pub const ALL: [Self; 11] = [
+        Self::TooLong,
+        Self::RateLimited,
+        Self::Unavailable,
+        Self::InvalidUser,
+        Self::InvalidRoom,
+        Self::BadOrigin,
+        Self::InvalidName,
+        Self::TooManyConnections,
+        Self::Draining,
+        Self::BinaryFrame,
+        Self::MessageTooBig,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooLong => "too_long",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::InvalidUser => "invalid_user",
+            Self::InvalidRoom => "invalid_room",
+            Self::BadOrigin => "bad_origin",
+            Self::InvalidName => "invalid_name",
+            Self::TooManyConnections => "too_many_connections",
+            Self::Draining => "draining",
+            Self::BinaryFrame => "binary_frame",
+            Self::MessageTooBig => "message_too_big",
+        }
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric, with `node` as the `confab_node_info` label.
+    ///
+    /// # Panics
+    /// Never in practice: the names below are valid and registered once into a fresh registry.
+    pub fn new(node: &str) -> Self {
+        let registry = Registry::new();
+        let connections = IntGauge::new(
+            "confab_connections",
+            "Open WebSocket connections on this node.",
+        )
+        .unwrap();
+        let messages_received = IntCounter::new(
+            "confab_messages_received_total",
+            "Chat messages accepted from clients and published.",
+        )
+        .unwrap();
+        let messages_delivered = IntCounter::new(
+            "confab_messages_delivered_total",
+            "Frames written to sockets, of every type.",
+        )
+        .unwrap();
+        let slow_consumers = IntCounter::new(
+            "confab_slow_consumers_total",
+            "Sockets closed with 1013 because their outbound queue overflowed.",
+        )
+        .unwrap();
+        let disconnects = IntCounterVec::new(
+            Opts::new(
+                "confab_disconnects_total",
+                "Socket closes by WebSocket close code.",
+            ),
+            &["code"],
+        )
+        .unwrap();
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "confab_rejected_total",
+                "Requests, sockets and messages refused, by reason.",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let broker_publish_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "confab_broker_publish_seconds",
+                "Time to publish one frame through the broker: id, history and fan-out.",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .unwrap();
+        let broker_up = IntGauge::new(
+            "confab_broker_up",
+            "1 when the broker is reachable, else 0.",
+        )
+        .unwrap();
+        let broker_reconnects = IntCounter::new(
+            "confab_broker_reconnects_total",
+            "Times the broker connection was re-established after a loss.",
+        )
+        .unwrap();
+        let broker_frames_recovered = IntCounter::new(
+            "confab_broker_frames_recovered_total",
+            "Frames fetched from the Redis log to fill a gap in this node's subscription.",
+        )
+        .unwrap();
+        let broker_frames_lost = IntCounter::new(
+            "confab_broker_frames_lost_total",
+            "Frames missing from this node's subscription that the Redis log no longer held.",
+        )
+        .unwrap();
+        let presence_reaped = IntCounter::new(
+            "confab_presence_reaped_total",
+            "Users removed from rooms because the node holding their sockets died.",
+        )
+        .unwrap();
+        let node_info = IntGaugeVec::new(
+            Opts::new(
+                "confab_node_info",
+                "Always 1; the label names this node (CONFAB_NODE_ID).",
+            ),
+            &["node"],
+        )
+        .unwrap();
+        node_info.with_label_values(&[node]).set(1);
+
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+            Box::new(connections.clone()),
+            Box::new(messages_received.clone()),
+            Box::new(messages_delivered.clone()),
+            Box::new(slow_consumers.clone()),
+            Box::new(disconnects.clone()),
+            Box::new(rejected.clone()),
+            Box::new(broker_publish_seconds.clone()),
+            Box::new(broker_up.clone()),
+            Box::new(broker_reconnects.clone()),
+            Box::new(broker_frames_recovered.clone()),
+            Box::new(broker_frames_lost.clone()),
+            Box::new(presence_reaped.clone()),
+            Box::new(node_info),
+        ];
+        for collector in collectors {
+            registry.register(collector).unwrap();
+        }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .unwrap();
+
+        for reason in Rejection::ALL {
+            rejected.with_label_values(&[reason.as_str()]);
+        }
+        for code in [
+            close::NORMAL,
+            close::GOING_AWAY,
+            close::ABNORMAL,
+            close::SERVICE_RESTART,
+            close::TRY_AGAIN_LATER,
+        ] {
+            disconnects.with_label_values(&[close::metric_label(code)]);
+        }
+
+        Self {
+            registry,
+            connections,
+            messages_received,
+            messages_delivered,
+            slow_consumers,
+            disconnects,
+            rejected,
+            broker_publish_seconds,
+            broker_up,
+            broker_reconnects,
+            broker_frames_recovered,
+            broker_frames_lost,
+            presence_reaped,
+        }
+    }
+
+    /// Counts one refusal.
+    pub fn reject(&self, reason: Rejection) {
+        self.rejected.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// Counts one socket close with `code`.
+    pub fn disconnect(&self, code: u16) {
+        self.disconnects
+            .with_label_values(&[close::metric_label(code)])
+            .inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for metrics that registered successfully.
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("metrics encode");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+pub async fn show_metrics(State(state): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,754 @@
+/*
+ * confab chat page.
+ *
+ * Talks to the server over one WebSocket (`/ws/chat?room=R&since=N`, see
+ * PROTOCOL.md) and renders what it receives into the markup of
+ * templates/room.html. Plain ES2020 with no framework and no build step: the
+ * page is served under `script-src 'self'; style-src 'self'`, so nothing here
+ * evaluates strings, writes inline styles into markup or uses innerHTML for
+ * data that came from the server.
+ *
+ * Structure: state at the top, then the socket (connect, handleFrame,
+ * scheduleReconnect), rendering (renderMessage, renderNotice, renderUsers,
+ * renderRooms), the composer, and finally init() wiring the DOM events.
+ */
+(() => {
+  'use strict';
+
+  // ---------------------------------------------------------------------------
+  // Constants
+
+  const ROOM_PATTERN = /^[a-z0-9][a-z0-9_-]{0,31}$/;
+  const RECENT_ROOMS_KEY = 'confab.recentRooms';
+  const MAX_RECENT_ROOMS = 10;
+
+  const BACKOFF_BASE_MS = 500;
+  const BACKOFF_CAP_MS = 15000;
+  // A connection that stayed up this long was a real session, not a flapping
+  // one, so the next failure starts the back-off from the beginning again.
+  const STABLE_CONNECTION_MS = 10000;
+
+  const GROUP_WINDOW_MS = 5 * 60 * 1000;
+  const TIME_REFRESH_MS = 30000;
+  const NOTICE_TIMEOUT_MS = 10000;
+  // Px from the bottom of the log within which we still count as "at the
+  // bottom" and follow new messages.
+  const STICKY_BOTTOM_PX = 80;
+  // Bounds that keep a tab left open for days from growing without limit.
+  const MAX_SEEN_IDS = 5000;
+  const MAX_RENDERED_ITEMS = 1000;
+
+  const CLOSE_INVALID_USER = 4001;
+  const CLOSE_INVALID_ROOM = 4004;
+
+  // The server's CONFAB_MAX_MESSAGE_CHARS, rendered into the page.
+  const MAX_MESSAGE_CHARS = Number(document.getElementById('app').dataset.maxMessageChars) || 2000;
+
+  const ERROR_TEXT = {
+    too_long: `That message is too long (max ${MAX_MESSAGE_CHARS} characters).`,
+    rate_limited: "You're sending messages too fast. Wait a moment.",
+    unavailable:
+      'Your message could not be sent — the chat service is temporarily unavailable. Try again.',
+  };
+  const NOT_CONNECTED_TEXT = 'Not connected — your message was not sent.';
+  const UNKNOWN_ERROR_TEXT = 'Your message could not be sent. Try again.';
+
+  // ---------------------------------------------------------------------------
+  // DOM
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    app: $('app'),
+    status: $('status'),
+    reconnectNow: $('reconnect-now'),
+    onlineCount: $('online-count'),
+    sidebar: $('sidebar'),
+    sidebarToggle: $('sidebar-toggle'),
+    roomList: $('room-list'),
+    roomForm: $('room-form'),
+    roomInput: $('room-input'),
+    users: $('users'),
+    messages: $('messages'),
+    newMessages: $('new-messages'),
+    noticeBar: $('notice-bar'),
+    composer: $('composer'),
+    input: $('message-input'),
+  };
+
+  // ---------------------------------------------------------------------------
+  // State
+
+  const room = el.app.dataset.room || 'lobby';
+  const me = {
+    id: el.app.dataset.userId || '',
+    name: el.app.dataset.userName || '',
+    image: el.app.dataset.userImage || '',
+  };
+  const baseTitle = document.title;
+
+  /** The current socket, or null while disconnected. */
+  let socket = null;
+  /** Consecutive failed attempts; drives the back-off. */
+  let attempt = 0;
+  let reconnectTimer = 0;
+  let countdownTimer = 0;
+  let stableTimer = 0;
+  /** Set once the server told us not to come back (bad room); no more retries. */
+  let stopped = false;
+  /** Whether a socket has ever opened; the first load says "Connecting", later ones "Reconnecting". */
+  let everConnected = false;
+
+  /**
+   * Ids already shown. Ids only grow (PROTOCOL.md guarantee 1), so
+   * `highestId` alone rejects a replay after a reconnect; the set is a second
+   * guard that does not depend on that ordering. Bounded to the newest
+   * MAX_SEEN_IDS.
+   */
+  const seenIds = new Set();
+  let highestId = 0;
+  /** True once the first `list` arrived: frames before it are history, not news. */
+  let historyLoaded = false;
+
+  /** Online users by id. */
+  const users = new Map();
+
+  /** Text of the last message sent, put back in the box if the server refuses it. */
+  let pending = null;
+  let noticeTimer = 0;
+  let unread = 0;
+
+  /** Sender and time of each rendered chat message, for grouping. */
+  const messageMeta = new WeakMap();
+
+  // ---------------------------------------------------------------------------
+  // Socket
+
+  function socketUrl() {
+    const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
+    let url = `${scheme}${location.host}/ws/chat?room=${encodeURIComponent(room)}`;
+    if (highestId > 0) url += `&since=${highestId}`;
+    return url;
+  }
+
+  function connect() {
+    clearReconnectTimers();
+    if (stopped) return;
+    setStatus(everConnected ? 'reconnecting' : 'connecting');
+    // History is about to be replayed; screen readers should not read it all out.
+    el.messages.setAttribute('aria-busy', 'true');
+
+    let ws;
+    try {
+      ws = new WebSocket(socketUrl());
+    } catch {
+      // Only a malformed URL throws here; treat it like a failed connection.
+      scheduleReconnect();
+      return;
+    }
+    socket = ws;
+
+    // Each handler checks `ws === socket` so that events from a socket we have
+    // already given up on cannot disturb the current one.
+    ws.addEventListener('open', () => {
+      if (ws !== socket) return;
+      everConnected = true;
+      setStatus('online');
+      stableTimer = setTimeout(() => { attempt = 0; }, STABLE_CONNECTION_MS);
+    });
+    ws.addEventListener('message', (event) => {
+      if (ws !== socket || typeof event.data !== 'string') return;
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return; // Not ours to fix; one bad frame should not end the session.
+      }
+      if (frame && typeof frame === 'object') handleFrame(frame);
+    });
+    ws.addEventListener('close', (event) => {
+      if (ws !== socket) return;
+      socket = null;
+      clearTimeout(stableTimer);
+      el.messages.removeAttribute('aria-busy');
+      handleClose(event.code);
+    });
+    // An `error` event is always followed by `close`, which does the work.
+  }
+
+  function handleClose(code) {
+    if (code === CLOSE_INVALID_USER) {
+      // The cookie is missing or no longer valid: only signing in again helps.
+      stopped = true;
+      setStatus('offline', 'Signed out');
+      location.assign('/signin');
+      return;
+    }
+    if (code === CLOSE_INVALID_ROOM) {
+      stopped = true;
+      setStatus('offline', 'Room unavailable');
+      showNotice('This room name is not valid, so the room cannot be opened.', { sticky: true });
+      return;
+    }
+    // 1012 (server restart), 1013 (try again later), 1006 (network) and
+    // anything else: the server or the path to it is expected to come back.
+    scheduleReconnect();
+  }
+
+  /**
+   * Retries with capped exponential back-off and full jitter (a random delay
+   * between 0 and the cap), so that thousands of pages dropped by the same
+   * server restart do not all come back in the same instant.
+   */
+  function scheduleReconnect() {
+    clearReconnectTimers();
+    if (stopped) return;
+    const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);
+    const delay = Math.random() * ceiling;
+    attempt += 1;
+
+    if (navigator.onLine === false) {
+      // The `online` event reconnects at once; the timer is a fallback in case
+      // the browser's idea of being offline is wrong.
+      setStatus('offline', 'Offline — waiting for the network…');
+      reconnectTimer = setTimeout(connect, BACKOFF_CAP_MS);
+      return;
+    }
+
+    const due = Date.now() + delay;
+    const tick = () => {
+      const seconds = Math.max(1, Math.ceil((due - Date.now()) / 1000));
+      setStatus('reconnecting', `Reconnecting in ${seconds} s…`);
+    };
+    tick();
+    countdownTimer = setInterval(tick, 1000);
+    reconnectTimer = setTimeout(connect, delay);
+  }
+
+  /** Skips the wait: used on `online`, when the tab comes back, and by "Retry now". */
+  function reconnectNow() {
+    if (stopped || socket) return;
+    attempt = 0;
+    connect();
+  }
+
+  function clearReconnectTimers() {
+    clearTimeout(reconnectTimer);
+    clearInterval(countdownTimer);
+    reconnectTimer = 0;
+    countdownTimer = 0;
+  }
+
+  const STATUS_TEXT = {
+    connecting: 'Connecting…',
+    online: 'Online',
+    reconnecting: 'Reconnecting…',
+    offline: 'Offline',
+  };
+
+  function setStatus(state, text) {
+    el.status.dataset.state = state;
+    el.status.querySelector('.status-text').textContent = text || STATUS_TEXT[state];
+    el.reconnectNow.hidden = !(state === 'reconnecting' || (state === 'offline' && !stopped));
+  }
+
+  // ---------------------------------------------------------------------------
+  // Frames
+
+  function handleFrame(frame) {
+    switch (frame.type) {
+      case 'chat':
+      case 'join':
+      case 'left':
+        handleEvent(frame);
+        break;
+      case 'list':
+        handleList(frame);
+        break;
+      case 'error':
+        handleError(frame);
+        break;
+      default:
+        // Unknown types are ignored so that the server can add new ones.
+        break;
+    }
+  }
+
+  /** A chat, join or left frame: shown once, in id order. */
+  function handleEvent(frame) {
+    const id = frame.id;
+    if (!Number.isSafeInteger(id) || id <= highestId || seenIds.has(id)) return;
+    if (typeof frame.room === 'string' && frame.room !== room) return;
+    rememberId(id);
+
+    const user = normalizeUser(frame.user);
+    const ts = Number.isFinite(frame.ts) ? frame.ts : Date.now();
+    const text = typeof frame.data === 'string' ? frame.data : '';
+    const own = user !== null && user.id === me.id;
+
+    if (frame.type === 'chat') {
+      if (own && text === pending) pending = null; // Delivered: nothing to restore.
+      appendItem(renderMessage(id, user, text, ts, own), { own });
+      if (!own) countUnread();
+    } else {
+      appendItem(renderNotice(id, text, ts), { own: false });
+      if (user) {
+        if (frame.type === 'join') users.set(user.id, user);
+        else users.delete(user.id);
+        renderUsers();
+      }
+    }
+  }
+
+  function rememberId(id) {
+    highestId = id;
+    seenIds.add(id);
+    if (seenIds.size > MAX_SEEN_IDS) {
+      // Sets iterate in insertion order, so the first entry is the oldest.
+      seenIds.delete(seenIds.values().next().value);
+    }
+  }
+
+  /** The full list of who is online: replaces whatever we had. */
+  function handleList(frame) {
+    users.clear();
+    if (Array.isArray(frame.data)) {
+      for (const raw of frame.data) {
+        const user = normalizeUser(raw);
+        if (user) users.set(user.id, user);
+      }
+    }
+    renderUsers();
+    el.messages.removeAttribute('aria-busy');
+    if (!historyLoaded) {
+      historyLoaded = true;
+      scrollToBottom();
+    }
+  }
+
+  function handleError(frame) {
+    showNotice(ERROR_TEXT[frame.code] || UNKNOWN_ERROR_TEXT);
+    // Give the refused text back, unless the user has started typing again.
+    if (pending !== null && el.input.value === '') {
+      el.input.value = pending;
+      resizeInput();
+    }
+    pending = null;
+  }
+
+  /** Server data is untrusted: keep only string fields and never fail on shape. */
+  function normalizeUser(raw) {
+    if (!raw || typeof raw !== 'object' || typeof raw.id !== 'string') return null;
+    return {
+      id: raw.id,
+      name: typeof raw.name === 'string' ? raw.name : '',
+      image: typeof raw.image === 'string' ? raw.image : '',
+    };
+  }
+
+  // ---------------------------------------------------------------------------
+  // Rendering: messages
+
+  function renderMessage(id, user, text, ts, own) {
+    const li = document.createElement('li');
+    li.className = 'message';
+    li.dataset.id = String(id);
+    const userId = user ? user.id : '';
+    li.dataset.userId = userId;
+    if (own) li.classList.add('own');
+
+    // Follow-ups from the same sender shortly after read as one block.
+    const prev = el.messages.lastElementChild;
+    const prevMeta = prev ? messageMeta.get(prev) : undefined;
+    if (prevMeta && prevMeta.userId === userId && ts >= prevMeta.ts && ts - prevMeta.ts < GROUP_WINDOW_MS) {
+      li.classList.add('grouped');
+    }
+    messageMeta.set(li, { userId, ts });
+
+    const body = document.createElement('div');
+    body.className = 'message-body';
+
+    const meta = document.createElement('div');
+    meta.className = 'message-meta';
+    const author = document.createElement('span');
+    author.className = 'author';
+    author.textContent = user ? user.name : 'Unknown';
+    meta.append(author, renderTime(ts));
+
+    const p = document.createElement('p');
+    p.className = 'text';
+    p.textContent = text;
+
+    body.append(meta, p);
+    li.append(renderAvatar(user), body);
+    return li;
+  }
+
+  /** join/left: the frame's own sentence, e.g. "ann joined.", and nothing else. */
+  function renderNotice(id, text, ts) {
+    const li = document.createElement('li');
+    li.className = 'notice';
+    li.dataset.id = String(id);
+    li.textContent = text;
+    li.title = absoluteTime(ts);
+    return li;
+  }
+
+  function renderTime(ts) {
+    const time = document.createElement('time');
+    time.className = 'time';
+    const date = new Date(ts);
+    time.dateTime = date.toISOString();
+    time.title = absoluteTime(ts);
+    time.textContent = relativeTime(ts, Date.now());
+    return time;
+  }
+
+  /**
+   * An avatar: the user's colored circle with initials drawn over it. The
+   * image is an <img> under a text span because a per-user background-image
+   * would need an inline style, which the CSP forbids.
+   */
+  function renderAvatar(user) {
+    const span = document.createElement('span');
+    span.className = 'avatar';
+    span.setAttribute('aria-hidden', 'true');
+    if (user && user.image) {
+      const img = document.createElement('img');
+      img.className = 'avatar-img';
+      img.alt = '';
+      img.decoding = 'async';
+      // A broken image falls back to the span's neutral background.
+      img.addEventListener('error', () => img.remove(), { once: true });
+      img.src = user.image;
+      span.append(img);
+    }
+    const initialsSpan = document.createElement('span');
+    initialsSpan.className = 'avatar-initials';
+    initialsSpan.textContent = initials(user ? user.name : '');
+    span.append(initialsSpan);
+    return span;
+  }
+
+  const segmenter =
+    typeof Intl !== 'undefined' && typeof Intl.Segmenter === 'function'
+      ? new Intl.Segmenter(undefined, { granularity: 'grapheme' })
+      : null;
+
+  /** First visible character of a word; flags and joined emoji stay whole where the browser can tell. */
+  function firstCharacter(word) {
+    if (segmenter) {
+      const first = segmenter.segment(word)[Symbol.iterator]().next();
+      return first.done ? '' : first.value.segment;
+    }
+    return Array.from(word)[0] || '';
+  }
+
+  /** "ann lee" → "AL", "李 小龙" → "李小", "🙂" → "🙂"; at most two words. */
+  function initials(name) {
+    const words = name.trim().split(/\s+/).filter(Boolean).slice(0, 2);
+    const result = words.map(firstCharacter).join('').toUpperCase();
+    return result || '?';
+  }
+
+  // ---------------------------------------------------------------------------
+  // Rendering: the log and scrolling
+
+  function isNearBottom() {
+    const m = el.messages;
+    return m.scrollHeight - m.scrollTop - m.clientHeight <= STICKY_BOTTOM_PX;
+  }
+
+  function scrollToBottom() {
+    el.messages.scrollTop = el.messages.scrollHeight;
+    el.newMessages.hidden = true;
+  }
+
+  /**
+   * Appends one item, following it if the reader was at the bottom (or sent
+   * it), and otherwise leaving their position alone and offering a jump.
+   */
+  function appendItem(li, { own }) {
+    const follow = own || isNearBottom();
+    el.messages.append(li);
+    trimLog();
+    if (follow) scrollToBottom();
+    else if (historyLoaded) el.newMessages.hidden = false;
+  }
+
+  function trimLog() {
+    const m = el.messages;
+    const excess = m.children.length - MAX_RENDERED_ITEMS;
+    if (excess <= 0) return;
+    const before = m.scrollHeight;
+    for (let i = 0; i < excess; i += 1) m.firstElementChild.remove();
+    // Keep what the reader is looking at in place.
+    m.scrollTop -= before - m.scrollHeight;
+    // A follow-up that lost the message it was grouped with needs its author back.
+    const first = m.firstElementChild;
+    if (first) first.classList.remove('grouped');
+  }
+
+  function refreshTimes() {
+    const now = Date.now();
+    for (const time of el.messages.querySelectorAll('time.time')) {
+      const ts = Date.parse(time.dateTime);
+      if (!Number.isNaN(ts)) time.textContent = relativeTime(ts, now);
+    }
+  }
+
+  // ---------------------------------------------------------------------------
+  // Time formatting
+
+  const clockFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+  const dayFormat = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric' });
+  const dayYearFormat = new Intl.DateTimeFormat(undefined, {
+    year: 'numeric',
+    month: 'short',
+    day: 'numeric',
+  });
+  const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'short' });
+
+  function absoluteTime(ts) {
+    return fullFormat.format(new Date(ts));
+  }
+
+  /** "just now", "N min ago", a clock time for earlier today, a date for older days. */
+  function relativeTime(ts, now) {
+    const diff = now - ts;
+    if (diff < 60 * 1000) return 'just now'; // Also absorbs small clock skew.
+    if (diff < 60 * 60 * 1000) return `${Math.floor(diff / 60000)} min ago`;
+    const date = new Date(ts);
+    const today = new Date(now);
+    if (date.toDateString() === today.toDateString()) return clockFormat.format(date);
+    if (date.getFullYear() === today.getFullYear()) return dayFormat.format(date);
+    return dayYearFormat.format(date);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Rendering: users, rooms, notices, title
+
+  function renderUsers() {
+    const sorted = Array.from(users.values()).sort(
+      (a, b) =>
+        a.name.localeCompare(b.name, undefined, { sensitivity: 'base' }) ||
+        (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
+    );
+    const items = sorted.map((user) => {
+      const li = document.createElement('li');
+      li.className = 'user';
+      li.dataset.userId = user.id;
+      const name = document.createElement('span');
+      name.className = 'user-name';
+      name.textContent = user.name;
+      li.append(renderAvatar(user), name);
+      if (user.id === me.id) {
+        li.classList.add('own');
+        const you = document.createElement('span');
+        you.className = 'you';
+        you.textContent = '(you)';
+        li.append(' ', you);
+      }
+      return li;
+    });
+    el.users.replaceChildren(...items);
+    el.onlineCount.textContent = `${users.size} online`;
+  }
+
+  /** Recently visited rooms, newest first, without lobby (always listed first). */
+  function loadRecentRooms() {
+    try {
+      const parsed = JSON.parse(localStorage.getItem(RECENT_ROOMS_KEY) || '[]');
+      if (!Array.isArray(parsed)) return [];
+      return parsed.filter((name) => typeof name === 'string' && ROOM_PATTERN.test(name) && name !== 'lobby');
+    } catch {
+      return []; // Storage disabled or corrupt: the switcher still shows lobby and this room.
+    }
+  }
+
+  function rememberRoom() {
+    const recent = loadRecentRooms().filter((name) => name !== room);
+    if (room !== 'lobby') recent.unshift(room);
+    const kept = recent.slice(0, MAX_RECENT_ROOMS);
+    try {
+      localStorage.setItem(RECENT_ROOMS_KEY, JSON.stringify(kept));
+    } catch {
+      // Private mode or quota: remembering rooms is a convenience only.
+    }
+    return kept;
+  }
+
+  function renderRooms(recent) {
+    const names = ['lobby', ...recent.filter((name) => name !== 'lobby')];
+    if (!names.includes(room)) names.splice(1, 0, room);
+    const items = names.map((name) => {
+      const li = document.createElement('li');
+      const a = document.createElement('a');
+      a.className = 'room-link';
+      a.href = roomPath(name);
+      a.textContent = `#${name}`;
+      if (name === room) a.setAttribute('aria-current', 'page');
+      li.append(a);
+      return li;
+    });
+    el.roomList.replaceChildren(...items);
+  }
+
+  function roomPath(name) {
+    return name === 'lobby' ? '/' : `/rooms/${encodeURIComponent(name)}`;
+  }
+
+  function showNotice(text, { sticky = false } = {}) {
+    clearTimeout(noticeTimer);
+    el.noticeBar.textContent = text;
+    if (!sticky) noticeTimer = setTimeout(clearNotice, NOTICE_TIMEOUT_MS);
+  }
+
+  function clearNotice() {
+    clearTimeout(noticeTimer);
+    if (!stopped) el.noticeBar.textContent = '';
+  }
+
+  function countUnread() {
+    if (!document.hidden || !historyLoaded) return;
+    unread += 1;
+    document.title = `(${unread}) ${baseTitle}`;
+  }
+
+  function clearUnread() {
+    unread = 0;
+    document.title = baseTitle;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Composer
+
+  function sendMessage() {
+    const text = el.input.value.trim();
+    if (text === '') return;
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      // Keep the text where it is so nothing typed is lost.
+      showNotice(NOT_CONNECTED_TEXT);
+      return;
+    }
+    socket.send(text);
+    pending = text;
+    el.input.value = '';
+    resizeInput();
+    clearNotice();
+  }
+
+  function onInputKeydown(event) {
+    // Enter sends; Shift+Enter is a newline. While an IME is composing, Enter
+    // confirms the composition instead (keyCode 229 covers older Safari).
+    if (event.key !== 'Enter' || event.shiftKey || event.isComposing || event.keyCode === 229) return;
+    if (event.altKey || event.ctrlKey || event.metaKey) return;
+    event.preventDefault();
+    sendMessage();
+  }
+
+  const autoSizes = typeof CSS !== 'undefined' && CSS.supports('field-sizing', 'content');
+
+  /**
+   * Grows the one-line box with its text where CSS `field-sizing` is not
+   * supported. Setting a CSSOM property is allowed under `style-src 'self'`
+   * (only style attributes in markup are blocked); max-height lives in CSS.
+   */
+  function resizeInput() {
+    if (autoSizes) return;
+    const input = el.input;
+    input.style.height = 'auto';
+    // scrollHeight leaves out the borders, which border-box sizing counts.
+    const borders = input.offsetHeight - input.clientHeight;
+    input.style.height = `${input.scrollHeight + borders}px`;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Sidebar and room switcher
+
+  function setSidebarOpen(open) {
+    el.app.classList.toggle('sidebar-open', open);
+    el.sidebarToggle.setAttribute('aria-expanded', String(open));
+  }
+
+  function onRoomSubmit(event) {
+    event.preventDefault();
+    const name = el.roomInput.value.trim().toLowerCase();
+    if (!ROOM_PATTERN.test(name)) {
+      el.roomInput.reportValidity();
+      return;
+    }
+    location.assign(roomPath(name));
+  }
+
+  /** Room names are lowercase; fold what is typed instead of rejecting it. */
+  function onRoomInput() {
+    const input = el.roomInput;
+    const lower = input.value.toLowerCase();
+    if (lower === input.value) return;
+    const { selectionStart, selectionEnd } = input;
+    input.value = lower;
+    input.setSelectionRange(selectionStart, selectionEnd);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Start-up
+
+  function init() {
+    renderRooms(rememberRoom());
+    window.addEventListener('storage', (event) => {
+      if (event.key === RECENT_ROOMS_KEY) renderRooms(loadRecentRooms());
+    });
+
+    el.composer.addEventListener('submit', (event) => {
+      event.preventDefault();
+      sendMessage();
+    });
+    el.input.addEventListener('keydown', onInputKeydown);
+    el.input.addEventListener('input', resizeInput);
+
+    el.roomForm.addEventListener('submit', onRoomSubmit);
+    el.roomInput.addEventListener('input', onRoomInput);
+
+    el.sidebarToggle.addEventListener('click', () => {
+      setSidebarOpen(!el.app.classList.contains('sidebar-open'));
+    });
+    document.addEventListener('keydown', (event) => {
+      if (event.key === 'Escape' && el.app.classList.contains('sidebar-open')) {
+        setSidebarOpen(false);
+        el.sidebarToggle.focus();
+      }
+    });
+
+    el.messages.addEventListener('scroll', () => {
+      if (isNearBottom()) el.newMessages.hidden = true;
+    }, { passive: true });
+    el.newMessages.addEventListener('click', () => {
+      scrollToBottom();
+      el.input.focus();
+    });
+    el.reconnectNow.addEventListener('click', reconnectNow);
+
+    window.addEventListener('online', reconnectNow);
+    window.addEventListener('offline', () => {
+      // Between attempts: stop counting down and wait for `online` instead.
+      // An open socket is left alone; it notices on its own if it is dead.
+      if (!socket) scheduleReconnect();
+    });
+    document.addEventListener('visibilitychange', () => {
+      if (document.hidden) return;
+      clearUnread();
+      refreshTimes();
+      reconnectNow();
+    });
+
+    setInterval(refreshTimes, TIME_REFRESH_MS);
+
+    // On a phone the on-screen keyboard would cover the conversation, so only
+    // take focus where there is a real pointer (and so, usually, a keyboard).
+    if (window.matchMedia('(pointer: fine)').matches) el.input.focus();
+
+    connect();
+  }
+
+  init();
+})();

@@ -1,0 +1,163 @@
+//! Pings and the idle timeout, driven through channels with tokio's paused clock: the socket
+//! task is generic over `Sink`/`Stream`, so no real network is needed to wait 60 seconds.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use confab::Config;
+use confab::app::AppState;
+use confab::protocol::RoomName;
+use confab::user::{Identity, User};
+use confab::ws::{IDLE_TIMEOUT, Opening, PING_INTERVAL, run_connection};
+use futures_util::{Sink, Stream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// The error of a channel socket: the other end went away.
+#[derive(Debug, thiserror::Error)]
+#[error("the channel closed")]
+struct Disconnected;
+
+/// The server's end of an in-memory WebSocket.
+struct ChannelSocket {
+    incoming: mpsc::UnboundedReceiver<Message>,
+    outgoing: mpsc::UnboundedSender<Message>,
+}
+
+impl Stream for ChannelSocket {
+    type Item = Result<Message, Disconnected>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.incoming.poll_recv(cx).map(|message| message.map(Ok))
+    }
+}
+
+impl Sink<Message> for ChannelSocket {
+    type Error = Disconnected;
+
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Disconnected>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Disconnected> {
+        self.outgoing.send(message).map_err(|_| Disconnected)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Disconnected>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Disconnected>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The client's end: what it sends, and what it receives.
+struct Client {
+    to_server: mpsc::UnboundedSender<Message>,
+    from_server: mpsc::UnboundedReceiver<Message>,
+}
+
+impl Client {
+    /// The next message that is not a text frame (text frames are the opening and are skipped).
+    async fn next_control(&mut self) -> Message {
+        loop {
+            let message = self
+                .from_server
+                .recv()
+                .await
+                .expect("the server end is open");
+            if !matches!(message, Message::Text(_)) {
+                return message;
+            }
+        }
+    }
+}
+
+async fn open_socket() -> (Client, tokio::task::JoinHandle<()>, AppState) {
+    let state = AppState::new(Config::for_tests()).await.unwrap();
+    let (to_server, incoming) = mpsc::unbounded_channel();
+    let (outgoing, from_server) = mpsc::unbounded_channel();
+    let opening = Opening {
+        user: Some(Identity::new(User {
+            id: "u1".into(),
+            name: "ann".into(),
+            image: "/static/avatars/0.svg".into(),
+        })),
+        room: Ok(RoomName::lobby()),
+        since: Ok(None),
+    };
+    let slot = state.connection_slot().unwrap();
+    let task = tokio::spawn(run_connection(
+        ChannelSocket { incoming, outgoing },
+        state.clone(),
+        opening,
+        slot,
+    ));
+    (
+        Client {
+            to_server,
+            from_server,
+        },
+        task,
+        state,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_server_pings_every_25_seconds() {
+    let (mut client, _task, _state) = open_socket().await;
+    let opened = Instant::now();
+    for n in 1..=3 {
+        let message = client.next_control().await;
+        assert!(matches!(message, Message::Ping(_)), "{message:?}");
+        assert_eq!(opened.elapsed(), PING_INTERVAL * n, "ping {n}");
+        client
+            .to_server
+            .send(Message::Pong(Default::default()))
+            .unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_silent_for_60_seconds_is_closed_with_1001() {
+    let (mut client, task, state) = open_socket().await;
+    let opened = Instant::now();
+    // Two pings go unanswered; the close follows 60 s after the last sign of life.
+    assert!(matches!(client.next_control().await, Message::Ping(_)));
+    assert!(matches!(client.next_control().await, Message::Ping(_)));
+    match client.next_control().await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    assert_eq!(opened.elapsed(), IDLE_TIMEOUT);
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        state
+            .metrics
+            .render()
+            .contains(r#"confab_disconnects_total{code="1001"} 1"#)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn any_frame_from_the_peer_keeps_it_alive() {
+    let (mut client, _task, _state) = open_socket().await;
+    let opened = Instant::now();
+    assert!(matches!(client.next_control().await, Message::Ping(_)));
+    // At 25 s the client speaks (a chat message, no pong): the deadline moves to 85 s.
+    client.to_server.send(Message::text("still here")).unwrap();
+    assert!(matches!(client.next_control().await, Message::Ping(_)));
+    assert!(matches!(client.next_control().await, Message::Ping(_)));
+    match client.next_control().await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    assert_eq!(opened.elapsed(), PING_INTERVAL + IDLE_TIMEOUT);
+}

@@ -1,0 +1,14 @@
+//! confab's integration tests: real nodes on `127.0.0.1:0`, real HTTP and WebSocket clients,
+//! and, for start-up, drain and crash behaviour, the real binary with real signals.
+
+// Helpers are `pub` so that every test module can use them; the crate is never a library.
+#![allow(unreachable_pub)]
+
+mod drain;
+mod heartbeat;
+mod helpers;
+mod limits;
+mod pages;
+mod presence;
+mod sockets;
+mod startup;

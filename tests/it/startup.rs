@@ -1,0 +1,208 @@
+//! The real binary: start-up errors name the setting at fault; the listening line.
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::{EVENT_TIMEOUT, TestUser};
+
+/// A `confab` process started from the built binary, with its output captured.
+pub struct ConfabProcess {
+    child: Child,
+    /// The address from its `listening on http://ADDR` line.
+    pub addr: std::net::SocketAddr,
+    output: Arc<Mutex<String>>,
+}
+
+impl ConfabProcess {
+    /// Starts `confab` on `127.0.0.1:0` with `env` added, and waits for its listening line.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_confab"));
+        command
+            .env_clear()
+            .env("CONFAB_BIND", "127.0.0.1:0")
+            .env(
+                "CONFAB_STATIC_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/static"),
+            )
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("confab starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let mut addr_tx = Some(addr_tx);
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let sink = output.clone();
+        tokio::spawn(async move {
+            let mut lines = stdout.lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let address = line
+                    .split("listening on http://")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next());
+                if let Some(address) = address {
+                    if let Some(tx) = addr_tx.take() {
+                        let _ =
+                            tx.send(address.parse().expect("the listening line has an address"));
+                    }
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let sink = output.clone();
+        tokio::spawn(async move {
+            let mut lines = stderr.lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = tokio::time::timeout(EVENT_TIMEOUT, addr_rx)
+            .await
+            .expect("confab logs its listening line in time")
+            .expect("confab logs its listening line");
+        Self {
+            child,
+            addr,
+            output,
+        }
+    }
+
+    /// A client for this process, with the same helpers as an in-process app.
+    pub fn client(&self) -> RemoteApp {
+        RemoteApp { addr: self.addr }
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the process is running");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(&mut self) -> ExitStatus {
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("confab exits within 30 s")
+            .expect("waiting works")
+    }
+
+    /// Everything the process printed so far, stdout and stderr.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+/// Talks to a node in another process.
+pub struct RemoteApp {
+    addr: std::net::SocketAddr,
+}
+
+impl RemoteApp {
+    /// Signs `name` in.
+    pub async fn sign_in(&self, name: &str) -> TestUser {
+        crate::helpers::sign_in_at(self.addr, name).await
+    }
+
+    /// Opens a socket in `room` and reads its opening.
+    pub async fn join(
+        &self,
+        user: &TestUser,
+        room: &str,
+    ) -> (crate::helpers::TestSocket, crate::helpers::Opening) {
+        crate::helpers::join_at(self.addr, user, room).await
+    }
+}
+
+/// Runs the binary with `args` and `env` to completion and returns its exit status and stderr.
+async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .env_clear()
+        .args(args)
+        .envs(env.iter().copied())
+        .output();
+    let output = tokio::time::timeout(EVENT_TIMEOUT, output)
+        .await
+        .expect("exits in time")
+        .unwrap();
+    (output.status, String::from_utf8(output.stderr).unwrap())
+}
+
+#[tokio::test]
+async fn bad_settings_stop_start_up_with_one_line_naming_the_variable() {
+    let cases: [(&str, &str); 9] = [
+        ("CONFAB_BIND", "not-an-address"),
+        ("CONFAB_HISTORY", "lots"),
+        ("CONFAB_HISTORY", "-5"),
+        ("CONFAB_MAX_MESSAGE_CHARS", "0"),
+        ("CONFAB_LEAVE_GRACE_MS", "5s"),
+        ("CONFAB_SECRET", "too-short"),
+        ("CONFAB_REDIS_URL", "http://example.com"),
+        ("CONFAB_ALLOWED_ORIGINS", "not an origin"),
+        ("CONFAB_NODE_ID", "spaces are bad"),
+    ];
+    for (variable, value) in cases {
+        let (status, stderr) = run_to_exit(&[], &[(variable, value)]).await;
+        assert!(!status.success(), "{variable}={value} must stop start-up");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{variable}: one line, got {stderr:?}"
+        );
+        assert!(stderr.contains(variable), "{variable}: {stderr:?}");
+        assert!(
+            !stderr.contains("too-short"),
+            "secrets are never echoed: {stderr:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_bad_flag_is_named_as_the_flag() {
+    let (status, stderr) = run_to_exit(&["--history", "lots"], &[]).await;
+    assert!(!status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr:?}");
+    assert!(
+        stderr.contains("--history") && !stderr.contains("CONFAB_HISTORY"),
+        "{stderr:?}"
+    );
+}
+
+#[tokio::test]
+async fn cluster_mode_without_a_secret_stops_start_up() {
+    let (status, stderr) = run_to_exit(&[], &[("CONFAB_REDIS_URL", "redis://127.0.0.1:1")]).await;
+    assert!(!status.success());
+    assert!(stderr.contains("CONFAB_SECRET"), "{stderr:?}");
+}
+
+#[tokio::test]
+async fn an_address_in_use_names_the_bind_setting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, stderr) = run_to_exit(&[], &[("CONFAB_BIND", &addr)]).await;
+    assert!(!status.success());
+    assert!(stderr.contains("CONFAB_BIND"), "{stderr:?}");
+}
+
+#[tokio::test]
+async fn the_listening_line_reports_the_real_port_and_the_random_key_is_warned_about() {
+    let process = ConfabProcess::start(&[]).await;
+    assert_ne!(process.addr.port(), 0);
+    let output = process.output();
+    assert!(
+        output.contains(&format!("listening on http://{}", process.addr)),
+        "{output}"
+    );
+    assert!(output.contains("CONFAB_SECRET is unset"), "{output}");
+}
