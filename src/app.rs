@@ -11,13 +11,13 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Response, StatusCode, header};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
-use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::services::fs::ServeFileSystemResponseBody;
 use tracing::{info, warn};
 
 use crate::auth::{self, CookieCodec, OriginPolicy};
@@ -37,6 +37,9 @@ pub const MAX_DRAIN_SPREAD: Duration = Duration::from_secs(5);
 const DRAIN_SPREAD_PER_SOCKET: Duration = Duration::from_micros(500);
 /// How long a draining node waits for its sockets before it exits anyway.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
+/// How long it then waits for plain HTTP requests still in flight. Both deadlines together
+/// stay well inside a Kubernetes `terminationGracePeriodSeconds` of 30.
+pub const HTTP_STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Everything a handler or socket task needs, shared. Cloning is an `Arc` clone.
 #[derive(Clone)]
@@ -192,10 +195,15 @@ impl Drop for ConnectionSlot {
 /// Every route of a node, assembled in one place.
 pub fn router(state: AppState) -> Router {
     let static_files = tower::ServiceBuilder::new()
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=3600"),
-        ))
+        .map_response(|mut response: Response<ServeFileSystemResponseBody>| {
+            // Files may be cached (pages ask for them with `?v=`); a 404 must not be.
+            if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+            }
+            response
+        })
         .service(ServeDir::new(&state.config.static_dir));
     Router::new()
         .route("/", get(pages::show_lobby))
@@ -292,7 +300,7 @@ impl Application {
             );
         }
         stop_serving.cancel();
-        match tokio::time::timeout(DRAIN_DEADLINE, server).await {
+        match tokio::time::timeout(HTTP_STOP_DEADLINE, server).await {
             Ok(result) => result
                 .context("the server task failed")?
                 .context("serving failed")?,

@@ -36,6 +36,11 @@ impl SocketControl {
         decided
     }
 
+    /// The peer closed (or vanished): stop the socket without sending a close of our own.
+    pub fn peer_closed(&self) {
+        self.closed.cancel();
+    }
+
     /// The code the socket was asked to close with, if any.
     pub fn close_code(&self) -> Option<u16> {
         match self.close_code.load(Ordering::Acquire) {
@@ -44,7 +49,7 @@ impl SocketControl {
         }
     }
 
-    /// Completes once a close was asked for.
+    /// Completes once a close was asked for, by either side.
     pub async fn closed(&self) {
         self.closed.cancelled().await;
     }

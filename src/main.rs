@@ -30,8 +30,27 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let mut signals = StopSignals::install()?;
         let application = Application::bind(config).await?;
-        application.run_until(shutdown_signal()).await
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = application.run_until(async {
+            let _ = drain_rx.await;
+        });
+        tokio::pin!(run);
+        tokio::select! {
+            result = &mut run => return result,
+            () = signals.next() => {
+                let _ = drain_tx.send(());
+            }
+        }
+        // A second signal means the operator will not wait for the drain.
+        tokio::select! {
+            result = &mut run => result,
+            () = signals.next() => {
+                tracing::warn!("second stop signal: exiting without finishing the drain");
+                Err(anyhow::anyhow!("stopped by a second signal before the drain finished"))
+            }
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,14 +61,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    // Installing a handler only fails if the signal is forbidden, which SIGTERM/SIGINT never are.
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+/// SIGTERM and SIGINT, either of which stops the node.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Completes on the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }

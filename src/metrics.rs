@@ -57,8 +57,10 @@ pub enum Rejection {
     Unavailable,
     /// A socket without a valid user cookie.
     InvalidUser,
-    /// A socket with an invalid room or `since`.
+    /// A socket with an invalid room.
     InvalidRoom,
+    /// A socket with an unparsable `since`.
+    InvalidSince,
     /// An upgrade from a foreign `Origin`.
     BadOrigin,
     /// A refused sign-in name.
@@ -75,12 +77,13 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every reason, so that each is exported (as 0) from the start.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::TooLong,
         Self::RateLimited,
         Self::Unavailable,
         Self::InvalidUser,
         Self::InvalidRoom,
+        Self::InvalidSince,
         Self::BadOrigin,
         Self::InvalidName,
         Self::TooManyConnections,
@@ -97,6 +100,7 @@ impl Rejection {
             Self::Unavailable => "unavailable",
             Self::InvalidUser => "invalid_user",
             Self::InvalidRoom => "invalid_room",
+            Self::InvalidSince => "invalid_since",
             Self::BadOrigin => "bad_origin",
             Self::InvalidName => "invalid_name",
             Self::TooManyConnections => "too_many_connections",

@@ -24,8 +24,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span};
 
 use crate::app::{AppState, ConnectionSlot};
 use crate::broker::Broker;
@@ -48,6 +47,9 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a closing socket may take to take its close frame, and to answer it.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A write that makes no progress for this long means the client stopped reading: the socket
+/// is closed as a slow consumer even if nothing more is queued for it.
+pub const WRITE_STALL_TIMEOUT: Duration = IDLE_TIMEOUT;
 /// The most frames written between two flushes.
 const WRITE_BATCH: usize = 512;
 /// The read buffer each socket starts with. Chat frames are small; a larger message grows
@@ -174,7 +176,7 @@ pub async fn run_connection<S, E>(
     let refusal = match (&opening.user, &opening.room, &opening.since) {
         (None, _, _) => Some((close::INVALID_USER, Rejection::InvalidUser)),
         (_, Err(_), _) => Some((close::INVALID_ROOM, Rejection::InvalidRoom)),
-        (_, _, Err(())) => Some((close::INVALID_SINCE, Rejection::InvalidRoom)),
+        (_, _, Err(())) => Some((close::INVALID_SINCE, Rejection::InvalidSince)),
         _ => None,
     };
     if let Some((code, reason)) = refusal {
@@ -233,7 +235,8 @@ impl Connection<'_> {
         let snapshot = match state.broker.join(self.room, self.user, since).await {
             Ok(snapshot) => snapshot,
             Err(error) => {
-                warn!(%error, "cannot join: broker unavailable");
+                // Redis outages are logged once by the broker; per-socket detail is debug.
+                debug!(%error, "cannot join: broker unavailable");
                 drop(registration);
                 let _ = tokio::time::timeout(
                     CLOSE_TIMEOUT,
@@ -263,16 +266,17 @@ impl Connection<'_> {
             outbound_rx,
             cutoff: snapshot.seen_up_to.max(since.unwrap_or(0)),
             control: self.control.clone(),
-            shutdown: state.shutdown.clone(),
             liveness: self.liveness.clone(),
-            metrics: state.metrics.clone(),
-            drain_spread: state.drain_spread(),
+            state: state.clone(),
         };
         let writer = tokio::spawn(writer.run(sink, opening));
 
         let peer_code = self.read(stream, &outbound_tx).await;
-        // Stops the writer if the peer went first; a no-op if the server already decided.
-        self.control.close(peer_code.unwrap_or(close::NORMAL));
+        if peer_code.is_some() {
+            // The peer went first: the writer flushes the close reply the WebSocket layer
+            // queued, and stops.
+            self.control.peer_closed();
+        }
         let _ = writer.await;
         if peer_code.is_none() {
             // We sent a close frame: give the peer a moment to answer it, so it ends cleanly.
@@ -364,7 +368,7 @@ impl Connection<'_> {
             }
             Err(error) => {
                 timer.stop_and_discard();
-                warn!(%error, "cannot publish: broker unavailable");
+                debug!(%error, "cannot publish: broker unavailable");
                 state.metrics.reject(Rejection::Unavailable);
                 Some(ErrorCode::Unavailable)
             }
@@ -392,13 +396,22 @@ fn is_too_big(error: &(dyn StdError + 'static)) -> bool {
     false
 }
 
-/// Runs `work` unless the socket is asked to close first. Abandoning a write half-way is safe:
-/// the WebSocket layer keeps what it buffered, and the socket is closing anyway.
-async fn until_closed<T>(control: &SocketControl, work: impl Future<Output = T>) -> Option<T> {
+/// Runs the write `work` unless the socket is asked to close first, or the write stalls for
+/// [`WRITE_STALL_TIMEOUT`] (the client stopped reading: a slow consumer). Abandoning a write
+/// half-way is safe: the WebSocket layer keeps what it buffered, and the socket is closing.
+async fn until_closed<T>(control: &SocketControl, metrics: &Metrics, work: impl Future<Output = T>) -> Option<T> {
     tokio::select! {
         biased;
         () = control.closed() => None,
-        output = work => Some(output),
+        output = tokio::time::timeout(WRITE_STALL_TIMEOUT, work) => match output {
+            Ok(output) => Some(output),
+            Err(_) => {
+                if control.close(close::TRY_AGAIN_LATER) {
+                    metrics.slow_consumers.inc();
+                }
+                None
+            }
+        },
     }
 }
 
@@ -408,11 +421,9 @@ struct Writer {
     /// Live frames at or below this id are covered by the opening history (or `since`).
     cutoff: u64,
     control: Arc<SocketControl>,
-    shutdown: CancellationToken,
     liveness: Arc<Liveness>,
-    metrics: Metrics,
-    /// The window over which draining nodes spread their sockets' closes.
-    drain_spread: Duration,
+    /// For the drain signal and its spread (read when the drain starts), and the metrics.
+    state: AppState,
 }
 
 impl Writer {
@@ -421,7 +432,8 @@ impl Writer {
         W: Sink<Message, Error = E> + Unpin,
     {
         let written = opening.len() as u64;
-        let wrote = until_closed(&self.control, async {
+        let metrics = self.state.metrics.clone();
+        let wrote = until_closed(&self.control, &metrics, async {
             for frame in &opening {
                 sink.feed(frame.to_message()).await?;
             }
@@ -429,7 +441,7 @@ impl Writer {
         })
         .await;
         match wrote {
-            Some(Ok(())) => self.metrics.messages_delivered.inc_by(written),
+            Some(Ok(())) => metrics.messages_delivered.inc_by(written),
             Some(Err(_)) => {
                 self.control.close(close::ABNORMAL);
                 return;
@@ -448,9 +460,9 @@ impl Writer {
             tokio::select! {
                 biased;
                 () = self.control.closed() => break,
-                () = self.shutdown.cancelled(), if !draining => {
+                () = self.state.shutdown.cancelled(), if !draining => {
                     draining = true;
-                    let delay = self.drain_spread.mul_f64(rand::random::<f64>());
+                    let delay = self.state.drain_spread().mul_f64(rand::random::<f64>());
                     drain.as_mut().reset(Instant::now() + delay);
                 }
                 () = &mut drain, if draining => {
@@ -466,7 +478,7 @@ impl Writer {
                     idle_check.as_mut().reset(silent_until);
                 }
                 _ = ping.tick() => {
-                    let pinged = until_closed(&self.control, sink.send(Message::Ping(Default::default()))).await;
+                    let pinged = until_closed(&self.control, &metrics, sink.send(Message::Ping(Default::default()))).await;
                     if pinged.is_none_or(|sent| sent.is_err()) {
                         break;
                     }
@@ -474,7 +486,7 @@ impl Writer {
                 frame = self.outbound_rx.recv() => {
                     let Some(frame) = frame else { break };
                     let control = self.control.clone();
-                    match until_closed(&control, self.write_batch(&mut sink, frame)).await {
+                    match until_closed(&control, &metrics, self.write_batch(&mut sink, frame)).await {
                         Some(Ok(())) => {}
                         Some(Err(_)) => {
                             self.control.close(close::ABNORMAL);
@@ -506,7 +518,7 @@ impl Writer {
             }
         }
         sink.flush().await?;
-        self.metrics.messages_delivered.inc_by(written as u64);
+        self.state.metrics.messages_delivered.inc_by(written as u64);
         Ok(())
     }
 
@@ -516,9 +528,14 @@ impl Writer {
     where
         W: Sink<Message, Error = E> + Unpin,
     {
-        // No code, or a code that only labels a peer that vanished: nothing to send.
         let code = match self.control.close_code() {
-            None | Some(close::ABNORMAL | close::NO_STATUS) => return,
+            // A write failed: the connection is gone.
+            Some(close::ABNORMAL | close::NO_STATUS) => return,
+            // The peer closed first: flush the close reply the WebSocket layer queued.
+            None => {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+                return;
+            }
             Some(code) => code,
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -530,7 +547,7 @@ impl Writer {
                         written += 1;
                     }
                 }
-                self.metrics.messages_delivered.inc_by(written);
+                self.state.metrics.messages_delivered.inc_by(written);
             }
             sink.send(close_message(code)).await
         })

@@ -67,6 +67,36 @@ async fn a_drained_node_counts_its_closes_as_1012() {
 }
 
 #[tokio::test]
+async fn the_drain_spreads_closes_over_a_window_that_grows_with_the_sockets() {
+    let app = spawn_app().await;
+    let ann = app.sign_in("ann").await;
+    let mut sockets = Vec::new();
+    for _ in 0..40 {
+        sockets.push(app.join(&ann, "lobby").await.0);
+    }
+    app.state.begin_drain();
+    assert_eq!(app.state.drain_spread(), std::time::Duration::from_millis(20), "0.5 ms per open socket");
+    for socket in &mut sockets {
+        assert_eq!(socket.recv_close().await.0, 1012);
+    }
+}
+
+#[tokio::test]
+async fn a_second_signal_ends_the_drain_at_once() {
+    let mut process = ConfabProcess::start(&[]).await;
+    let app = process.client();
+    let ann = app.sign_in("ann").await;
+    // This client reads the 1012 but never answers it, so the drain waits for it.
+    let (mut socket, _) = app.join(&ann, "lobby").await;
+    process.signal("TERM");
+    assert_eq!(socket.recv_close().await.0, 1012);
+    process.signal("TERM");
+    let status = process.wait().await;
+    assert_eq!(status.code(), Some(1), "a forced stop is not a clean exit");
+    assert!(process.output().contains("second stop signal"));
+}
+
+#[tokio::test]
 async fn sigterm_drains_the_real_process_and_it_exits_0() {
     let mut process = ConfabProcess::start(&[]).await;
     let app = process.client();

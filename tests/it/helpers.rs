@@ -166,6 +166,11 @@ impl TestApp {
         TestSocket { ws }
     }
 
+    /// Waits until `/readyz` answers 200 (in cluster mode: subscribed and talking to Redis).
+    pub async fn wait_ready(&self) {
+        eventually("the node to be ready", || async { self.get("/readyz").await.status() == 200 }).await;
+    }
+
     /// Starts the node's drain, as SIGTERM would, without waiting for it.
     pub fn begin_stop(&self) {
         self.stop.cancel();
@@ -331,8 +336,16 @@ async fn next_event_of<S>(stream: &mut S) -> Received
 where
     S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
+    next_event_within(stream, EVENT_TIMEOUT).await
+}
+
+/// As [`next_event_of`], waiting up to `within`.
+async fn next_event_within<S>(stream: &mut S, within: Duration) -> Received
+where
+    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
     loop {
-        let next = tokio::time::timeout(EVENT_TIMEOUT, stream.next())
+        let next = tokio::time::timeout(within, stream.next())
             .await
             .expect("an event arrives in time");
         match next {
@@ -397,6 +410,15 @@ impl TestSocket {
         }
     }
 
+    /// The next text frame, waiting up to `within` (for events slower than [`EVENT_TIMEOUT`]
+    /// by design, such as a dead node being noticed).
+    pub async fn recv_within(&mut self, within: Duration) -> Value {
+        match next_event_within(&mut self.ws, within).await {
+            Received::Frame(frame) => frame,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
     /// Reads the opening: frames up to and including the `list`.
     pub async fn recv_opening(&mut self) -> Opening {
         let mut history = Vec::new();
@@ -424,6 +446,18 @@ impl TestSocket {
                 return frames;
             }
         }
+    }
+
+    /// Reads frames until `count` of them were `chat`s; returns every frame read.
+    pub async fn recv_chats(&mut self, count: usize) -> Vec<Value> {
+        let mut frames = Vec::new();
+        let mut chats = 0;
+        while chats < count {
+            let frame = self.recv().await;
+            chats += usize::from(frame["type"] == "chat");
+            frames.push(frame);
+        }
+        frames
     }
 
     /// Reads until the server's close frame and returns its code and reason, with the frames

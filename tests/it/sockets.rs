@@ -69,6 +69,26 @@ async fn an_unparsable_since_is_closed_with_4000() {
         let (code, reason, _) = socket.recv_close().await;
         assert_eq!((code, reason.as_str()), (4000, "Invalid since"), "{query}");
     }
+    assert_eq!(app.metric(r#"confab_rejected_total{reason="invalid_since"}"#).await, 3.0);
+}
+
+#[tokio::test]
+async fn a_close_from_the_client_is_answered_and_counted_by_its_code() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let app = spawn_app().await;
+    let ann = app.sign_in("ann").await;
+    let (mut socket, _) = app.join(&ann, "lobby").await;
+    let goodbye = CloseFrame { code: 1000.into(), reason: "bye".into() };
+    socket.send_message(Message::Close(Some(goodbye))).await.unwrap();
+    match socket.next_event().await {
+        crate::helpers::Received::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1000, "the close is echoed"),
+        other => panic!("expected the server's close reply, got {other:?}"),
+    }
+    crate::helpers::eventually("the close to be counted", || async {
+        app.metric(r#"confab_disconnects_total{code="1000"}"#).await == 1.0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -332,9 +352,11 @@ async fn the_seam_between_history_and_live_loses_and_repeats_nothing_while_other
     for task in sending {
         senders.push(task.await.unwrap());
     }
+    // Everything sent is in before the observer's last word, so "end" comes after it all.
+    let mut expected = observer_opening.history;
+    expected.extend(observer_socket.recv_chats(100).await);
     observer_socket.send("end").await;
-
-    let expected = sequence_until(&mut observer_socket, observer_opening.history, "end").await;
+    expected.extend(observer_socket.recv_until_chat("end").await);
     let expected_ids = ids(&expected);
     assert!(
         expected_ids.windows(2).all(|pair| pair[0] < pair[1]),
