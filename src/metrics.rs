@@ -228,13 +228,7 @@ impl Metrics {
         for reason in Rejection::ALL {
             rejected.with_label_values(&[reason.as_str()]);
         }
-        for code in [
-            close::NORMAL,
-            close::GOING_AWAY,
-            close::ABNORMAL,
-            close::SERVICE_RESTART,
-            close::TRY_AGAIN_LATER,
-        ] {
+        for code in close::ALL {
             disconnects.with_label_values(&[close::metric_label(code)]);
         }
 

@@ -45,6 +45,25 @@ pub mod close {
     /// The `room` parameter was empty or not a valid room name.
     pub const INVALID_ROOM: u16 = 4004;
 
+    /// Every code with a label of its own, so each is exported (as 0) from the start.
+    pub const ALL: [u16; 15] = [
+        NORMAL,
+        GOING_AWAY,
+        1002,
+        UNSUPPORTED_DATA,
+        NO_STATUS,
+        ABNORMAL,
+        1007,
+        1008,
+        MESSAGE_TOO_BIG,
+        1011,
+        SERVICE_RESTART,
+        TRY_AGAIN_LATER,
+        INVALID_SINCE,
+        INVALID_USER,
+        INVALID_ROOM,
+    ];
+
     /// The label a close code gets in `confab_disconnects_total{code}`: the codes above as
     /// numbers, anything else a peer may send as `other`, so a client cannot grow the label set.
     pub fn metric_label(code: u16) -> &'static str {
@@ -363,6 +382,14 @@ pub fn parse_frame_header(text: &str) -> Result<FrameHeader<'_>, serde_json::Err
     serde_json::from_str(text)
 }
 
+/// The id of a serialized event frame, read from its `{"id":N,` prefix without parsing the
+/// rest (every event frame starts so, see [`splice_id`]).
+pub fn frame_id(text: &str) -> Option<u64> {
+    let digits = text.strip_prefix("{\"id\":")?;
+    let end = digits.find(|c: char| !c.is_ascii_digit())?;
+    digits[..end].parse().ok()
+}
+
 /// Milliseconds since the Unix epoch, the `ts` of every frame.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -441,6 +468,8 @@ mod tests {
         assert_eq!(frame.id(), 42);
         let header = parse_frame_header(frame.text()).unwrap();
         assert_eq!((header.id, header.room), (42, "lobby"));
+        assert_eq!(frame_id(frame.text()), Some(42));
+        assert_eq!(frame_id(r#"{"type":"list"}"#), None);
     }
 
     #[test]
