@@ -198,9 +198,10 @@ pub fn router(state: AppState) -> Router {
         .map_response(|mut response: Response<ServeFileSystemResponseBody>| {
             // Files may be cached (pages ask for them with `?v=`); a 404 must not be.
             if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
-                response
-                    .headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+                response.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=3600"),
+                );
             }
             response
         })

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub broker_publish_seconds: Histogram,
     /// 1 when the broker is reachable.
     pub broker_up: IntGauge,
+    /// From a frame's `ts` (made on the publishing node) to its arrival on this node's
+    /// subscription; cluster mode only. Includes clock skew between nodes.
+    pub broker_delivery_lag_seconds: Histogram,
     /// Times the broker connection was re-established after a loss.
     pub broker_reconnects: IntCounter,
     /// Frames a node fetched from the Redis log to fill a gap in its subscription.
@@ -170,6 +173,14 @@ impl Metrics {
             "1 when the broker is reachable, else 0.",
         )
         .unwrap();
+        let broker_delivery_lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "confab_broker_delivery_lag_seconds",
+                "From a frame's creation on the publishing node to its arrival on this node's Redis subscription (cluster mode).",
+            )
+            .buckets(vec![0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .unwrap();
         let broker_reconnects = IntCounter::new(
             "confab_broker_reconnects_total",
             "Times the broker connection was re-established after a loss.",
@@ -200,7 +211,7 @@ impl Metrics {
         .unwrap();
         node_info.with_label_values(&[node]).set(1);
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
             Box::new(connections.clone()),
             Box::new(messages_received.clone()),
             Box::new(messages_delivered.clone()),
@@ -209,6 +220,7 @@ impl Metrics {
             Box::new(rejected.clone()),
             Box::new(broker_publish_seconds.clone()),
             Box::new(broker_up.clone()),
+            Box::new(broker_delivery_lag_seconds.clone()),
             Box::new(broker_reconnects.clone()),
             Box::new(broker_frames_recovered.clone()),
             Box::new(broker_frames_lost.clone()),
@@ -242,6 +254,7 @@ impl Metrics {
             rejected,
             broker_publish_seconds,
             broker_up,
+            broker_delivery_lag_seconds,
             broker_reconnects,
             broker_frames_recovered,
             broker_frames_lost,

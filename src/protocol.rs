@@ -372,6 +372,9 @@ pub struct FrameHeader<'a> {
     /// The room it belongs to.
     #[serde(borrow)]
     pub room: &'a str,
+    /// When the publishing node made it, in ms since the Unix epoch.
+    #[serde(default)]
+    pub ts: u64,
 }
 
 /// Reads the id and room of a serialized event frame.

@@ -399,7 +399,11 @@ fn is_too_big(error: &(dyn StdError + 'static)) -> bool {
 /// Runs the write `work` unless the socket is asked to close first, or the write stalls for
 /// [`WRITE_STALL_TIMEOUT`] (the client stopped reading: a slow consumer). Abandoning a write
 /// half-way is safe: the WebSocket layer keeps what it buffered, and the socket is closing.
-async fn until_closed<T>(control: &SocketControl, metrics: &Metrics, work: impl Future<Output = T>) -> Option<T> {
+async fn until_closed<T>(
+    control: &SocketControl,
+    metrics: &Metrics,
+    work: impl Future<Output = T>,
+) -> Option<T> {
     tokio::select! {
         biased;
         () = control.closed() => None,

@@ -75,7 +75,11 @@ async fn the_drain_spreads_closes_over_a_window_that_grows_with_the_sockets() {
         sockets.push(app.join(&ann, "lobby").await.0);
     }
     app.state.begin_drain();
-    assert_eq!(app.state.drain_spread(), std::time::Duration::from_millis(20), "0.5 ms per open socket");
+    assert_eq!(
+        app.state.drain_spread(),
+        std::time::Duration::from_millis(20),
+        "0.5 ms per open socket"
+    );
     for socket in &mut sockets {
         assert_eq!(socket.recv_close().await.0, 1012);
     }

@@ -168,7 +168,10 @@ impl TestApp {
 
     /// Waits until `/readyz` answers 200 (in cluster mode: subscribed and talking to Redis).
     pub async fn wait_ready(&self) {
-        eventually("the node to be ready", || async { self.get("/readyz").await.status() == 200 }).await;
+        eventually("the node to be ready", || async {
+            self.get("/readyz").await.status() == 200
+        })
+        .await;
     }
 
     /// Starts the node's drain, as SIGTERM would, without waiting for it.

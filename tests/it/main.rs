@@ -4,11 +4,13 @@
 // Helpers are `pub` so that every test module can use them; the crate is never a library.
 #![allow(unreachable_pub)]
 
+mod cluster;
 mod drain;
 mod heartbeat;
 mod helpers;
 mod limits;
 mod pages;
 mod presence;
+mod redis_server;
 mod sockets;
 mod startup;

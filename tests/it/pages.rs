@@ -239,7 +239,10 @@ async fn static_files_have_a_content_type_and_caching_headers() {
     }
     let missing = app.get("/static/missing.js").await;
     assert_eq!(missing.status(), 404);
-    assert!(missing.headers().get("cache-control").is_none(), "a 404 is not cached");
+    assert!(
+        missing.headers().get("cache-control").is_none(),
+        "a 404 is not cached"
+    );
     assert_eq!(app.get("/static/../Cargo.toml").await.status(), 404);
 }
 

@@ -69,7 +69,11 @@ async fn an_unparsable_since_is_closed_with_4000() {
         let (code, reason, _) = socket.recv_close().await;
         assert_eq!((code, reason.as_str()), (4000, "Invalid since"), "{query}");
     }
-    assert_eq!(app.metric(r#"confab_rejected_total{reason="invalid_since"}"#).await, 3.0);
+    assert_eq!(
+        app.metric(r#"confab_rejected_total{reason="invalid_since"}"#)
+            .await,
+        3.0
+    );
 }
 
 #[tokio::test]
@@ -79,10 +83,18 @@ async fn a_close_from_the_client_is_answered_and_counted_by_its_code() {
     let app = spawn_app().await;
     let ann = app.sign_in("ann").await;
     let (mut socket, _) = app.join(&ann, "lobby").await;
-    let goodbye = CloseFrame { code: 1000.into(), reason: "bye".into() };
-    socket.send_message(Message::Close(Some(goodbye))).await.unwrap();
+    let goodbye = CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    };
+    socket
+        .send_message(Message::Close(Some(goodbye)))
+        .await
+        .unwrap();
     match socket.next_event().await {
-        crate::helpers::Received::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1000, "the close is echoed"),
+        crate::helpers::Received::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1000, "the close is echoed")
+        }
         other => panic!("expected the server's close reply, got {other:?}"),
     }
     crate::helpers::eventually("the close to be counted", || async {

@@ -48,11 +48,10 @@ impl ConfabProcess {
                     .split("listening on http://")
                     .nth(1)
                     .and_then(|rest| rest.split_whitespace().next());
-                if let Some(address) = address {
-                    if let Some(tx) = addr_tx.take() {
-                        let _ =
-                            tx.send(address.parse().expect("the listening line has an address"));
-                    }
+                if let Some(address) = address
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let _ = tx.send(address.parse().expect("the listening line has an address"));
                 }
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
