@@ -18,13 +18,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
 use tower_http::services::fs::ServeFileSystemResponseBody;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::{info, warn};
 
 use crate::auth::{self, CookieCodec, OriginPolicy};
 use crate::broker::{Broker, MemoryBroker, NodeBroker, RedisBroker};
+use crate::client::TrustedProxies;
 use crate::config::{BrokerConfig, Config};
 use crate::error::not_found;
 use crate::hub::Hub;
+use crate::limits::{SigninLimiter, SocketLimits};
 use crate::metrics::{self, Metrics};
 use crate::pages::{self, Templates};
 use crate::ws;
@@ -55,6 +58,12 @@ pub struct Shared {
     pub cookies: CookieCodec,
     /// Which `Origin`s may open sockets.
     pub origins: OriginPolicy,
+    /// Whose forwarding headers are believed.
+    pub proxies: TrustedProxies,
+    /// Sockets per user and per address.
+    pub socket_limits: Arc<SocketLimits>,
+    /// Sign-ins per address per minute.
+    pub signins: SigninLimiter,
     /// The page templates.
     pub templates: Templates,
     /// This node's sockets by room.
@@ -109,6 +118,12 @@ impl AppState {
         Ok(Self(Arc::new(Shared {
             cookies: CookieCodec::new(config.secret_bytes()),
             origins: OriginPolicy::new(config.allowed_origins.clone()),
+            proxies: TrustedProxies::new(config.abuse.trusted_proxies.clone()),
+            socket_limits: Arc::new(SocketLimits::new(
+                config.abuse.max_sockets_per_user,
+                config.abuse.max_sockets_per_address,
+            )),
+            signins: SigninLimiter::new(config.abuse.signins_per_minute),
             templates: Templates::new(),
             metrics,
             hub,
@@ -210,7 +225,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(pages::show_lobby))
         .route("/rooms/{room}", get(pages::show_room))
         .route("/signin", get(auth::show_signin).post(auth::post_signin))
-        .route("/signout", get(auth::signout).post(auth::signout))
+        .route("/signout", get(auth::get_signout).post(auth::post_signout))
         .route("/ws/chat", get(ws::upgrade_socket))
         .route("/healthz", get(pages::show_health))
         .route("/readyz", get(pages::show_readiness))
@@ -218,7 +233,29 @@ pub fn router(state: AppState) -> Router {
         .nest_service("/static", static_files)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(security_header(
+            header::CONTENT_SECURITY_POLICY,
+            CONTENT_SECURITY_POLICY,
+        ))
+        .layer(security_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(security_header(header::REFERRER_POLICY, "same-origin"))
+        .layer(security_header(header::X_FRAME_OPTIONS, "DENY"))
         .with_state(state)
+}
+
+/// The page's Content-Security-Policy: scripts, styles, images, fonts and connections (the
+/// WebSocket included: `'self'` covers `ws:`/`wss:` to the same host) only from confab itself;
+/// no inline script, no plugins, no framing.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+    form-action 'self'; frame-ancestors 'none'";
+
+/// A header set on every response that does not set its own.
+fn security_header(
+    name: header::HeaderName,
+    value: &'static str,
+) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
 }
 
 /// A bound, not yet serving node. `main` and the tests start nodes the same way:
@@ -277,14 +314,15 @@ impl Application {
     ) -> anyhow::Result<()> {
         let state = self.state;
         let stop_serving = CancellationToken::new();
-        let server = axum::serve(self.listener, router(state.clone()))
-            .with_graceful_shutdown(stop_serving.clone().cancelled_owned())
-            .into_future();
-        let mut server = tokio::spawn(server);
+        let mut server = tokio::spawn(crate::server::serve(
+            self.listener,
+            router(state.clone()),
+            stop_serving.clone(),
+        ));
         tokio::select! {
             () = shutdown => {}
             result = &mut server => {
-                // The server only stops by itself on an accept-loop failure.
+                // The server only stops by itself if it fails.
                 result.context("the server task failed")?.context("serving failed")?;
                 return Ok(());
             }

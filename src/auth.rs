@@ -16,6 +16,7 @@ use cookie::{Cookie, CookieJar, Key, SameSite};
 use serde::Deserialize;
 
 use crate::app::AppState;
+use crate::client::ClientInfo;
 use crate::error::AppError;
 use crate::metrics::Rejection;
 use crate::pages::found;
@@ -45,8 +46,8 @@ impl CookieCodec {
         Self { key }
     }
 
-    /// The `Set-Cookie` value that signs `user` in.
-    pub fn issue(&self, user: &User) -> HeaderValue {
+    /// The `Set-Cookie` value that signs `user` in; `Secure` when the browser used HTTPS.
+    pub fn issue(&self, user: &User, https: bool) -> HeaderValue {
         // A struct of three strings always serializes.
         let json = serde_json::to_vec(user).expect("user serializes");
         let mut jar = CookieJar::new();
@@ -55,6 +56,7 @@ impl CookieCodec {
                 .http_only(true)
                 .same_site(SameSite::Lax)
                 .path("/")
+                .secure(https)
                 .max_age(COOKIE_MAX_AGE),
         );
         let cookie = jar.get(COOKIE_NAME).expect("the cookie was just added");
@@ -63,11 +65,12 @@ impl CookieCodec {
     }
 
     /// The `Set-Cookie` value that signs a user out.
-    pub fn removal(&self) -> HeaderValue {
+    pub fn removal(&self, https: bool) -> HeaderValue {
         let cookie = Cookie::build((COOKIE_NAME, ""))
             .http_only(true)
             .same_site(SameSite::Lax)
             .path("/")
+            .secure(https)
             .max_age(cookie::time::Duration::ZERO)
             .expires(cookie::time::OffsetDateTime::UNIX_EPOCH);
         HeaderValue::from_str(&cookie.to_string()).expect("cookie is a valid header value")
@@ -110,12 +113,17 @@ impl OriginPolicy {
         Self { extra }
     }
 
-    /// Whether a request with these headers may open a socket. A request without `Origin`
-    /// is not from a browser, so no other site's page can be behind it: it is allowed.
-    pub fn allows(&self, headers: &HeaderMap) -> bool {
-        let Some(origin) = headers.get(header::ORIGIN) else {
-            return true;
-        };
+    /// Whether a request with these headers, from a browser that used `host`, may open a
+    /// socket. A request without `Origin` is not from a browser, so no other site's page can
+    /// be behind it: it is allowed.
+    pub fn allows(&self, headers: &HeaderMap, host: Option<&str>) -> bool {
+        headers
+            .get(header::ORIGIN)
+            .is_none_or(|origin| self.allows_origin(origin, host))
+    }
+
+    /// Whether `origin` is the page's own (same host and port as `host`) or a configured one.
+    pub fn allows_origin(&self, origin: &HeaderValue, host: Option<&str>) -> bool {
         let Some(origin) = origin
             .to_str()
             .ok()
@@ -123,13 +131,19 @@ impl OriginPolicy {
         else {
             return false;
         };
-        if self.extra.contains(&origin) {
-            return true;
+        self.extra.contains(&origin) || host.is_some_and(|host| same_authority(&origin, host))
+    }
+
+    /// Whether a form post or navigation comes from another site: a foreign `Origin`, or
+    /// (when the browser sent none) `Sec-Fetch-Site: cross-site`. Requests with neither are
+    /// not from a browser and cannot carry a victim's cookies.
+    pub fn is_cross_site(&self, headers: &HeaderMap, host: Option<&str>) -> bool {
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            return !self.allows_origin(origin, host);
         }
-        let host = headers
-            .get(header::HOST)
-            .and_then(|host| host.to_str().ok());
-        host.is_some_and(|host| same_authority(&origin, host))
+        headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site.as_bytes() == b"cross-site")
     }
 }
 
@@ -167,18 +181,42 @@ pub async fn show_signin(State(state): State<AppState>) -> Result<Response, AppE
 }
 
 /// `POST /signin`: a valid name sets the cookie and redirects to `/`; an invalid one gets the
-/// form again with the reason, status 400 and no cookie.
+/// form again with the reason, status 400 and no cookie. A post from another site gets 403
+/// (no one may be signed in behind their back), and an address that signed in too often
+/// gets 429 with `Retry-After`.
 pub async fn post_signin(
     State(state): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
     Form(form): Form<SigninForm>,
 ) -> Result<Response, AppError> {
+    if state
+        .origins
+        .is_cross_site(&headers, client.host.as_deref())
+    {
+        state.metrics.reject(Rejection::CrossSite);
+        return Ok((StatusCode::FORBIDDEN, "Cross-site sign-in refused.\n").into_response());
+    }
+    if let Err(wait) = state.signins.check(client.ip, tokio::time::Instant::now()) {
+        state.metrics.reject(Rejection::SigninRateLimited);
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let reason = format!("Too many sign-ins from your network. Try again in {seconds} s.");
+        let page = state.templates.signin(Some(&reason), &form.name)?;
+        let retry_after = HeaderValue::from(seconds);
+        return Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after)],
+            page,
+        )
+            .into_response());
+    }
     match UserName::parse(&form.name) {
         Ok(name) => {
             let user = User::sign_up(name);
             let mut response = found("/");
             response
                 .headers_mut()
-                .insert(header::SET_COOKIE, state.cookies.issue(&user));
+                .insert(header::SET_COOKIE, state.cookies.issue(&user, client.https));
             Ok(response)
         }
         Err(reason) => {
@@ -191,12 +229,45 @@ pub async fn post_signin(
     }
 }
 
-/// `GET /signout` and `POST /signout`: clears the cookie and redirects to `/signin`.
-pub async fn signout(State(state): State<AppState>) -> Response {
+/// `POST /signout` (the page's form): clears the cookie and redirects to `/signin`; a post
+/// from another site gets 403 and changes nothing.
+pub async fn post_signout(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+) -> Response {
+    if state
+        .origins
+        .is_cross_site(&headers, client.host.as_deref())
+    {
+        state.metrics.reject(Rejection::CrossSite);
+        return (StatusCode::FORBIDDEN, "Cross-site sign-out refused.\n").into_response();
+    }
+    signed_out(&state, &client)
+}
+
+/// `GET /signout`: clears the cookie and redirects to `/signin`, as the tutorial did. A link
+/// followed from another site changes nothing: it just goes to `/`.
+pub async fn get_signout(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+) -> Response {
+    if state
+        .origins
+        .is_cross_site(&headers, client.host.as_deref())
+    {
+        state.metrics.reject(Rejection::CrossSite);
+        return found("/");
+    }
+    signed_out(&state, &client)
+}
+
+fn signed_out(state: &AppState, client: &ClientInfo) -> Response {
     let mut response = found("/signin");
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, state.cookies.removal());
+        .insert(header::SET_COOKIE, state.cookies.removal(client.https));
     response
 }
 
@@ -233,7 +304,7 @@ mod tests {
     #[test]
     fn an_issued_cookie_names_its_user() {
         let codec = CookieCodec::new(Some(b"0123456789abcdef0123456789abcdef"));
-        let set_cookie = codec.issue(&ann());
+        let set_cookie = codec.issue(&ann(), false);
         let text = set_cookie.to_str().unwrap();
         for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
             assert!(text.contains(attribute), "{attribute} in {text}");
@@ -247,7 +318,7 @@ mod tests {
     #[test]
     fn the_cookie_value_is_a_mac_then_base64_json() {
         let codec = CookieCodec::new(Some(b"0123456789abcdef0123456789abcdef"));
-        let pair = cookie_pair(&codec.issue(&ann()));
+        let pair = cookie_pair(&codec.issue(&ann(), false));
         let value = pair.strip_prefix("name=").unwrap();
         let json = BASE64.decode(&value[44..]).unwrap();
         assert_eq!(serde_json::from_slice::<User>(&json).unwrap(), ann());
@@ -257,7 +328,7 @@ mod tests {
     fn forged_edited_and_foreign_cookies_name_nobody() {
         let codec = CookieCodec::new(Some(b"0123456789abcdef0123456789abcdef"));
         let other = CookieCodec::new(Some(b"another-secret-of-at-least-32-bytes!!"));
-        let genuine = cookie_pair(&codec.issue(&ann()));
+        let genuine = cookie_pair(&codec.issue(&ann(), false));
         let value = genuine.strip_prefix("name=").unwrap();
         let mut mallory = ann();
         mallory.name = "mallory".into();
@@ -268,7 +339,10 @@ mod tests {
                 "edited payload",
                 format!("name={}{}", &value[..44], forged_json),
             ),
-            ("signed by another key", cookie_pair(&other.issue(&ann()))),
+            (
+                "signed by another key",
+                cookie_pair(&other.issue(&ann(), false)),
+            ),
             ("truncated", format!("name={}", &value[..40])),
             ("empty", "name=".to_owned()),
             ("wrong cookie name", format!("user={value}")),
@@ -285,6 +359,68 @@ mod tests {
                 .identify(&headers(&[("cookie", &among_others)]))
                 .is_some()
         );
+    }
+
+    #[test]
+    fn the_cookie_is_secure_only_over_https() {
+        let codec = CookieCodec::new(Some(b"0123456789abcdef0123456789abcdef"));
+        assert!(
+            codec
+                .issue(&ann(), true)
+                .to_str()
+                .unwrap()
+                .contains("Secure")
+        );
+        assert!(
+            !codec
+                .issue(&ann(), false)
+                .to_str()
+                .unwrap()
+                .contains("Secure")
+        );
+        assert!(codec.removal(true).to_str().unwrap().contains("Secure"));
+    }
+
+    #[test]
+    fn cross_site_posts_are_told_from_same_site_ones() {
+        let policy = OriginPolicy::default();
+        let host = Some("chat.example.com");
+        let cases = [
+            (
+                vec![("origin", "https://chat.example.com")],
+                false,
+                "same origin",
+            ),
+            (
+                vec![("origin", "https://evil.example")],
+                true,
+                "foreign origin",
+            ),
+            (vec![("origin", "null")], true, "opaque origin"),
+            (
+                vec![("sec-fetch-site", "cross-site")],
+                true,
+                "fetch metadata only",
+            ),
+            (
+                vec![("sec-fetch-site", "same-origin")],
+                false,
+                "same-origin metadata",
+            ),
+            (
+                vec![("sec-fetch-site", "none")],
+                false,
+                "typed into the address bar",
+            ),
+            (vec![], false, "no browser headers: not a browser"),
+        ];
+        for (pairs, cross, case) in cases {
+            assert_eq!(
+                policy.is_cross_site(&headers(&pairs), host),
+                cross,
+                "{case}"
+            );
+        }
     }
 
     #[test]
@@ -361,7 +497,9 @@ mod tests {
             ),
         ];
         for (pairs, allowed, case) in cases {
-            assert_eq!(policy.allows(&headers(&pairs)), allowed, "{case}");
+            let headers = headers(&pairs);
+            let host = headers.get("host").map(|host| host.to_str().unwrap());
+            assert_eq!(policy.allows(&headers, host), allowed, "{case}");
         }
     }
 }

@@ -53,6 +53,18 @@ struct Cli {
     /// Most open sockets on this node; upgrades beyond it get 503.
     #[arg(long, env = "CONFAB_MAX_CONNECTIONS", default_value = "20000")]
     max_connections: String,
+    /// Proxies whose X-Forwarded-* headers are believed: IPs or CIDRs, comma-separated.
+    #[arg(long, env = "CONFAB_TRUSTED_PROXIES")]
+    trusted_proxies: Option<String>,
+    /// Most open sockets per user on this node; more are closed with 1008.
+    #[arg(long, env = "CONFAB_MAX_SOCKETS_PER_USER", default_value = "10")]
+    max_sockets_per_user: String,
+    /// Most open sockets per client address on this node; more are closed with 1008.
+    #[arg(long, env = "CONFAB_MAX_SOCKETS_PER_ADDRESS", default_value = "100")]
+    max_sockets_per_address: String,
+    /// Sign-ins allowed per client address per minute; more get 429.
+    #[arg(long, env = "CONFAB_SIGNINS_PER_MINUTE", default_value = "20")]
+    signins_per_minute: String,
     /// `multi-thread` (default) or `current-thread` tokio runtime.
     #[arg(long, env = "CONFAB_RUNTIME", default_value = "multi-thread")]
     runtime: String,
@@ -102,6 +114,19 @@ pub struct ChatConfig {
     pub max_connections: usize,
 }
 
+/// Limits against abuse from one user or one address.
+#[derive(Debug, Clone)]
+pub struct AbuseConfig {
+    /// `CONFAB_TRUSTED_PROXIES`: peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `CONFAB_MAX_SOCKETS_PER_USER`.
+    pub max_sockets_per_user: usize,
+    /// `CONFAB_MAX_SOCKETS_PER_ADDRESS`.
+    pub max_sockets_per_address: usize,
+    /// `CONFAB_SIGNINS_PER_MINUTE`.
+    pub signins_per_minute: u32,
+}
+
 /// The whole configuration of a node. Built once by [`Config::from_env`] (or
 /// [`Config::for_tests`]) and then read-only.
 #[derive(Debug, Clone)]
@@ -118,6 +143,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Chat limits and timings.
     pub chat: ChatConfig,
+    /// Limits against abuse, and the trusted proxies.
+    pub abuse: AbuseConfig,
     /// `CONFAB_STATIC_DIR`: the files served under `/static`.
     pub static_dir: PathBuf,
     /// `CONFAB_RUNTIME`: the tokio runtime flavour.
@@ -248,6 +275,29 @@ impl Config {
                 problem,
             })?;
 
+        let trusted_proxies = match cli.trusted_proxies {
+            None => Vec::new(),
+            Some(list) => parse_networks(&list).map_err(|problem| ConfigError {
+                setting: name("trusted_proxies", "CONFAB_TRUSTED_PROXIES"),
+                problem,
+            })?,
+        };
+        let max_sockets_per_user =
+            parse_number(&cli.max_sockets_per_user, 1, 100_000).map_err(|problem| ConfigError {
+                setting: name("max_sockets_per_user", "CONFAB_MAX_SOCKETS_PER_USER"),
+                problem,
+            })?;
+        let max_sockets_per_address = parse_number(&cli.max_sockets_per_address, 1, 10_000_000)
+            .map_err(|problem| ConfigError {
+                setting: name("max_sockets_per_address", "CONFAB_MAX_SOCKETS_PER_ADDRESS"),
+                problem,
+            })?;
+        let signins_per_minute =
+            parse_number(&cli.signins_per_minute, 1, 1_000_000).map_err(|problem| ConfigError {
+                setting: name("signins_per_minute", "CONFAB_SIGNINS_PER_MINUTE"),
+                problem,
+            })?;
+
         let runtime = match cli.runtime.as_str() {
             "multi-thread" => RuntimeFlavor::MultiThread,
             "current-thread" => RuntimeFlavor::CurrentThread,
@@ -273,6 +323,12 @@ impl Config {
                 leave_grace: Duration::from_millis(leave_grace_ms),
                 max_connections: max_connections as usize,
             },
+            abuse: AbuseConfig {
+                trusted_proxies,
+                max_sockets_per_user: max_sockets_per_user as usize,
+                max_sockets_per_address: max_sockets_per_address as usize,
+                signins_per_minute: signins_per_minute as u32,
+            },
             static_dir: PathBuf::from(cli.static_dir),
             runtime,
         })
@@ -294,6 +350,12 @@ impl Config {
                 max_message_chars: 2000,
                 leave_grace: Duration::ZERO,
                 max_connections: 20_000,
+            },
+            abuse: AbuseConfig {
+                trusted_proxies: Vec::new(),
+                max_sockets_per_user: 100,
+                max_sockets_per_address: 10_000,
+                signins_per_minute: 10_000,
             },
             static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/static")),
             runtime: RuntimeFlavor::MultiThread,
@@ -373,6 +435,20 @@ fn default_node_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// IPs and CIDRs, comma-separated; a bare IP is a network of one.
+fn parse_networks(list: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{entry:?} is not an IP address or CIDR such as 10.0.0.0/8"))
+        })
+        .collect()
+}
+
 /// `scheme://host[:port]`, lower-cased, each checked.
 fn parse_origins(list: &str) -> Result<Vec<String>, String> {
     list.split(',')
@@ -430,6 +506,14 @@ mod tests {
             ),
             (&["--node-id", "has space"], "--node-id"),
             (&["--runtime", "fast"], "--runtime"),
+            (&["--trusted-proxies", "10.0.0.0/33"], "--trusted-proxies"),
+            (&["--trusted-proxies", "proxy.local"], "--trusted-proxies"),
+            (&["--max-sockets-per-user", "0"], "--max-sockets-per-user"),
+            (
+                &["--max-sockets-per-address", "x"],
+                "--max-sockets-per-address",
+            ),
+            (&["--signins-per-minute", "0"], "--signins-per-minute"),
         ];
         for (args, setting) in cases {
             assert_eq!(failing_setting(args), setting, "args {args:?}");
@@ -464,6 +548,25 @@ mod tests {
                 .ends_with(&format!("-{}", std::process::id()))
         );
         assert_eq!(config.runtime, RuntimeFlavor::MultiThread);
+        assert!(
+            config.abuse.trusted_proxies.is_empty(),
+            "nobody is trusted by default"
+        );
+        assert_eq!(config.abuse.max_sockets_per_user, 10);
+        assert_eq!(config.abuse.max_sockets_per_address, 100);
+        assert_eq!(config.abuse.signins_per_minute, 20);
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_networks() {
+        let config = config(&["--trusted-proxies", "127.0.0.1, 10.0.0.0/8,::1"]).unwrap();
+        let networks: Vec<String> = config
+            .abuse
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(networks, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
     }
 
     #[test]

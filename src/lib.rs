@@ -10,13 +10,16 @@
 //! - [`config`]: `CONFAB_*` settings and their checks.
 //! - [`telemetry`]: logging setup.
 //! - [`app`]: shared state, the router, and `Application` (bind, serve, drain).
+//! - [`server`]: the HTTP/1 accept loop, with header timeouts and size caps.
 //! - [`error`]: how failed HTTP handlers answer.
+//! - [`client`]: the client's address, host and scheme, through trusted proxies.
 //! - [`auth`]: sign-in/out, the signed user cookie, the `Origin` check.
 //! - [`user`]: user names, the user object, its shared JSON.
 //! - [`pages`]: HTML pages from templates, health and readiness.
 //! - [`protocol`]: room names, server frames, chat checks, close codes.
 //! - [`ws`]: the WebSocket upgrade and the per-socket task.
-//! - [`ratelimit`]: the per-socket token bucket.
+//! - [`ratelimit`]: the token bucket (per socket, per address).
+//! - [`limits`]: sockets per user and address, sign-ins per address.
 //! - [`hub`]: this node's sockets by room, and fan-out to them.
 //! - [`broker`]: ids, history, presence and delivery between nodes; memory and Redis.
 //! - [`presence`]: the per-user presence rules, as the embedded broker keeps them.
@@ -26,15 +29,18 @@
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod history;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod pages;
 pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
+pub mod server;
 pub mod telemetry;
 pub mod user;
 pub mod ws;

@@ -76,11 +76,19 @@ pub enum Rejection {
     BinaryFrame,
     /// A message over 64 KiB.
     MessageTooBig,
+    /// A socket beyond `CONFAB_MAX_SOCKETS_PER_USER`.
+    TooManySocketsForUser,
+    /// A socket beyond `CONFAB_MAX_SOCKETS_PER_ADDRESS`.
+    TooManySocketsFromAddress,
+    /// A sign-in beyond `CONFAB_SIGNINS_PER_MINUTE`.
+    SigninRateLimited,
+    /// A cross-site sign-in or sign-out (CSRF).
+    CrossSite,
 }
 
 impl Rejection {
     /// Every reason, so that each is exported (as 0) from the start.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 16] = [
         Self::TooLong,
         Self::RateLimited,
         Self::Unavailable,
@@ -93,6 +101,10 @@ impl Rejection {
         Self::Draining,
         Self::BinaryFrame,
         Self::MessageTooBig,
+        Self::TooManySocketsForUser,
+        Self::TooManySocketsFromAddress,
+        Self::SigninRateLimited,
+        Self::CrossSite,
     ];
 
     /// The label value.
@@ -110,6 +122,10 @@ impl Rejection {
             Self::Draining => "draining",
             Self::BinaryFrame => "binary_frame",
             Self::MessageTooBig => "message_too_big",
+            Self::TooManySocketsForUser => "too_many_sockets_for_user",
+            Self::TooManySocketsFromAddress => "too_many_sockets_from_address",
+            Self::SigninRateLimited => "signin_rate_limited",
+            Self::CrossSite => "cross_site",
         }
     }
 }

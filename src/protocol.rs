@@ -31,6 +31,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// A binary frame: confab speaks text frames only.
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Too many sockets for this user, or from this address (a policy limit).
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A message over [`super::MAX_CLIENT_MESSAGE_BYTES`].
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The node is draining (SIGTERM): reconnect, through the load balancer, with `since`.
@@ -54,7 +56,7 @@ pub mod close {
         NO_STATUS,
         ABNORMAL,
         1007,
-        1008,
+        POLICY_VIOLATION,
         MESSAGE_TOO_BIG,
         1011,
         SERVICE_RESTART,
@@ -75,7 +77,7 @@ pub mod close {
             NO_STATUS => "1005",
             ABNORMAL => "1006",
             1007 => "1007",
-            1008 => "1008",
+            POLICY_VIOLATION => "1008",
             MESSAGE_TOO_BIG => "1009",
             1011 => "1011",
             SERVICE_RESTART => "1012",

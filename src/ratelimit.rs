@@ -38,6 +38,33 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket of `per_minute` tokens that refills completely over a minute.
+    pub fn with_rate_per_minute(per_minute: u32, now: Instant) -> Self {
+        Self {
+            capacity: f64::from(per_minute),
+            tokens: f64::from(per_minute),
+            refill_per_second: f64::from(per_minute) / 60.0,
+            last_refill: now,
+        }
+    }
+
+    /// Whether the bucket would be full at `now`: its owner has been quiet long enough to be
+    /// forgotten.
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now
+            .saturating_duration_since(self.last_refill)
+            .as_secs_f64();
+        elapsed.mul_add(self.refill_per_second, self.tokens) >= self.capacity
+    }
+
+    /// How long until the next token, as of the last `try_take`.
+    pub fn time_to_next_token(&self) -> Duration {
+        if self.tokens >= 1.0 || self.refill_per_second <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((1.0 - self.tokens) / self.refill_per_second)
+    }
+
     /// Takes one token if there is one; `false` means the message must be refused.
     pub fn try_take(&mut self, now: Instant) -> bool {
         let elapsed: Duration = now.saturating_duration_since(self.last_refill);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,9 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::app::{AppState, ConnectionSlot};
 use crate::broker::Broker;
+use crate::client::ClientInfo;
 use crate::hub::SocketControl;
+use crate::limits::{SocketLimitExceeded, SocketLimits, SocketPermit};
 use crate::metrics::{Metrics, Rejection};
 use crate::protocol::{
     ChatText, ErrorCode, Frame, InvalidRoomName, MAX_CLIENT_MESSAGE_BYTES, RoomName,
@@ -67,7 +69,6 @@ pub struct SocketParams {
 
 /// What the upgrade learned about a socket, checked again once it is open (where a refusal
 /// can be a close code the page understands rather than an HTTP status).
-#[derive(Debug)]
 pub struct Opening {
     /// The user named by a validly signed cookie, if any.
     pub user: Option<Identity>,
@@ -75,11 +76,19 @@ pub struct Opening {
     pub room: Result<RoomName, InvalidRoomName>,
     /// The `since` asked for: absent, a number, or garbage.
     pub since: Result<Option<u64>, ()>,
+    /// The socket's place under the per-user and per-address limits (`None` without a user).
+    pub permit: Option<Result<SocketPermit, SocketLimitExceeded>>,
 }
 
 impl Opening {
-    /// Reads the query parameters.
-    pub fn new(user: Option<Identity>, params: SocketParams) -> Self {
+    /// Reads the query parameters, and counts the socket against its user's and address's
+    /// limits.
+    pub fn new(
+        user: Option<Identity>,
+        params: SocketParams,
+        limits: &Arc<SocketLimits>,
+        client: &ClientInfo,
+    ) -> Self {
         let room = params
             .room
             .as_deref()
@@ -88,7 +97,15 @@ impl Opening {
             None | Some("") => Ok(None),
             Some(raw) => raw.parse::<u64>().map(Some).map_err(drop),
         };
-        Self { user, room, since }
+        let permit = user
+            .as_ref()
+            .map(|user| limits.acquire(user.id(), client.ip));
+        Self {
+            user,
+            room,
+            since,
+            permit,
+        }
     }
 }
 
@@ -97,6 +114,7 @@ impl Opening {
 pub async fn upgrade_socket(
     State(state): State<AppState>,
     Query(params): Query<SocketParams>,
+    client: ClientInfo,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -108,7 +126,7 @@ pub async fn upgrade_socket(
         )
             .into_response();
     }
-    if !state.origins.allows(&headers) {
+    if !state.origins.allows(&headers, client.host.as_deref()) {
         state.metrics.reject(Rejection::BadOrigin);
         return (StatusCode::FORBIDDEN, "Origin not allowed.\n").into_response();
     }
@@ -120,7 +138,12 @@ pub async fn upgrade_socket(
         )
             .into_response();
     };
-    let opening = Opening::new(state.cookies.identify(&headers), params);
+    let opening = Opening::new(
+        state.cookies.identify(&headers),
+        params,
+        &state.socket_limits,
+        &client,
+    );
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
@@ -173,20 +196,53 @@ pub async fn run_connection<S, E>(
     E: StdError + Send + Sync + 'static,
 {
     let (mut sink, mut stream) = socket.split();
-    let refusal = match (&opening.user, &opening.room, &opening.since) {
-        (None, _, _) => Some((close::INVALID_USER, Rejection::InvalidUser)),
-        (_, Err(_), _) => Some((close::INVALID_ROOM, Rejection::InvalidRoom)),
-        (_, _, Err(())) => Some((close::INVALID_SINCE, Rejection::InvalidSince)),
+    let refusal = match (
+        &opening.user,
+        &opening.room,
+        &opening.since,
+        &opening.permit,
+    ) {
+        (None, ..) => Some((
+            close::INVALID_USER,
+            close::reason(close::INVALID_USER),
+            Rejection::InvalidUser,
+        )),
+        (_, Err(_), ..) => Some((
+            close::INVALID_ROOM,
+            close::reason(close::INVALID_ROOM),
+            Rejection::InvalidRoom,
+        )),
+        (_, _, Err(()), _) => Some((
+            close::INVALID_SINCE,
+            close::reason(close::INVALID_SINCE),
+            Rejection::InvalidSince,
+        )),
+        (.., Some(Err(SocketLimitExceeded::PerUser))) => Some((
+            close::POLICY_VIOLATION,
+            "Too many connections for this user",
+            Rejection::TooManySocketsForUser,
+        )),
+        (.., Some(Err(SocketLimitExceeded::PerAddress))) => Some((
+            close::POLICY_VIOLATION,
+            "Too many connections from this address",
+            Rejection::TooManySocketsFromAddress,
+        )),
         _ => None,
     };
-    if let Some((code, reason)) = refusal {
-        state.metrics.reject(reason);
+    if let Some((code, reason, rejection)) = refusal {
+        state.metrics.reject(rejection);
         state.metrics.disconnect(code);
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close_message(code))).await;
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close)).await;
         drop(slot);
         return;
     }
-    let (Some(user), Ok(room), Ok(since)) = (opening.user, opening.room, opening.since) else {
+    let (Some(user), Ok(room), Ok(since), permit) =
+        (opening.user, opening.room, opening.since, opening.permit)
+    else {
         unreachable!("refusals were handled above");
     };
 
@@ -202,7 +258,7 @@ pub async fn run_connection<S, E>(
         let code = connection.run(sink, &mut stream, since).await;
         state.metrics.disconnect(code);
         debug!(close.code = code, "socket closed");
-        drop(slot);
+        drop((slot, permit));
     }
     .instrument(span)
     .await;

@@ -88,6 +88,7 @@ async fn open_socket() -> (Client, tokio::task::JoinHandle<()>, AppState) {
         })),
         room: Ok(RoomName::lobby()),
         since: Ok(None),
+        permit: None,
     };
     let slot = state.connection_slot().unwrap();
     let task = tokio::spawn(run_connection(

@@ -12,5 +12,6 @@ mod limits;
 mod pages;
 mod presence;
 mod redis_server;
+mod security;
 mod sockets;
 mod startup;

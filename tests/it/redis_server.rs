@@ -10,6 +10,12 @@ use crate::helpers::{EVENT_TIMEOUT, TestApp, spawn_app_with};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Extra arguments (a password, TLS), kept for restarts.
+    extra: Vec<String>,
+    /// `rediss` when the server speaks TLS only.
+    scheme: &'static str,
+    /// `:password@` when the server requires one.
+    auth: String,
 }
 
 impl RedisServer {
@@ -19,19 +25,55 @@ impl RedisServer {
     /// When `redis-server` is not installed: `scripts/test` installs it, and a cluster test
     /// must never pass by not running.
     pub async fn start() -> Self {
+        Self::start_with(Vec::new(), "redis", String::new()).await
+    }
+
+    /// Starts a server that requires `password` (`requirepass`).
+    pub async fn start_with_password(password: &str) -> Self {
+        let extra = vec!["--requirepass".to_owned(), password.to_owned()];
+        Self::start_with(extra, "redis", format!(":{password}@")).await
+    }
+
+    /// Starts a server that speaks TLS only, with the certificate and key in `tls`, and that
+    /// requires `password`.
+    pub async fn start_with_tls(tls: &TestCertificates, password: &str) -> Self {
+        let extra = [
+            "--tls-cert-file",
+            &tls.server_cert,
+            "--tls-key-file",
+            &tls.server_key,
+            "--tls-ca-cert-file",
+            &tls.ca_cert,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        Self::start_with(extra, "rediss", format!(":{password}@")).await
+    }
+
+    async fn start_with(extra: Vec<String>, scheme: &'static str, auth: String) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut server = Self { port, child: None };
+        let mut server = Self {
+            port,
+            child: None,
+            extra,
+            scheme,
+            auth,
+        };
         server.restart().await;
         server
     }
 
     /// The URL nodes connect with.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("{}://{}127.0.0.1:{}", self.scheme, self.auth, self.port)
     }
 
     /// Kills the server with SIGKILL: no goodbye to its clients, all data gone.
@@ -45,8 +87,14 @@ impl RedisServer {
     /// Starts the server again, empty, on the same port.
     pub async fn restart(&mut self) {
         self.kill();
+        let port = self.port.to_string();
+        let ports: [&str; 4] = if self.scheme == "rediss" {
+            ["--port", "0", "--tls-port", &port]
+        } else {
+            ["--port", &port, "--tcp-backlog", "511"]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(ports)
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -57,18 +105,30 @@ impl RedisServer {
                 "--protected-mode",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test installs it)");
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-        while self.ping().await.is_err() {
+        while !self.answers().await {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "redis-server answers in time"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the server accepts connections (and, without TLS, answers PING).
+    async fn answers(&self) -> bool {
+        if self.scheme == "rediss" {
+            tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+        } else {
+            self.ping().await.is_ok()
         }
     }
 
@@ -88,6 +148,107 @@ impl RedisServer {
         }
         command.query_async(&mut connection).await.unwrap()
     }
+}
+
+/// A throwaway certificate authority and a server certificate for 127.0.0.1, made with the
+/// `openssl` command in a temporary directory.
+pub struct TestCertificates {
+    dir: std::path::PathBuf,
+    /// The CA certificate (PEM): what clients must trust.
+    pub ca_cert: String,
+    /// The server certificate (PEM), for IP 127.0.0.1 and localhost.
+    pub server_cert: String,
+    /// The server key (PEM).
+    pub server_key: String,
+}
+
+impl TestCertificates {
+    /// Makes a CA and a server certificate.
+    pub fn create() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "confab-tls-{}-{:x}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl is installed");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=confab test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.join("san.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+        ]);
+        Self {
+            ca_cert: path("ca.pem"),
+            server_cert: path("server.pem"),
+            server_key: path("server.key"),
+            dir,
+        }
+    }
+}
+
+impl Drop for TestCertificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 impl Drop for RedisServer {
