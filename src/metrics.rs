@@ -47,6 +47,8 @@ pub struct Metrics {
     pub broker_frames_lost: IntCounter,
     /// Users announced as `left` because the node that held them died.
     pub presence_reaped: IntCounter,
+    /// Tasks alive in the tokio runtime, read at each scrape: a leak shows as growth.
+    runtime_tasks: IntGauge,
 }
 
 /// Why something was refused: the `reason` label of `confab_rejected_total`.
@@ -217,6 +219,11 @@ impl Metrics {
             "Users removed from rooms because the node holding their sockets died.",
         )
         .unwrap();
+        let runtime_tasks = IntGauge::new(
+            "confab_runtime_tasks",
+            "Tasks alive in this node's tokio runtime (two per open socket, plus a few).",
+        )
+        .unwrap();
         let node_info = IntGaugeVec::new(
             Opts::new(
                 "confab_node_info",
@@ -227,7 +234,7 @@ impl Metrics {
         .unwrap();
         node_info.with_label_values(&[node]).set(1);
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
             Box::new(connections.clone()),
             Box::new(messages_received.clone()),
             Box::new(messages_delivered.clone()),
@@ -242,6 +249,7 @@ impl Metrics {
             Box::new(broker_frames_lost.clone()),
             Box::new(presence_reaped.clone()),
             Box::new(node_info),
+            Box::new(runtime_tasks.clone()),
         ];
         for collector in collectors {
             registry.register(collector).unwrap();
@@ -275,6 +283,7 @@ impl Metrics {
             broker_frames_recovered,
             broker_frames_lost,
             presence_reaped,
+            runtime_tasks,
         }
     }
 
@@ -292,6 +301,9 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks.set(runtime.metrics().num_alive_tasks() as i64);
+        }
         let mut buffer = Vec::new();
         // Encoding into a Vec cannot fail for metrics that registered successfully.
         TextEncoder::new()

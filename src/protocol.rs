@@ -366,6 +366,32 @@ pub fn check_chat_text(raw: &str, max_chars: usize) -> ChatText<'_> {
     }
 }
 
+/// What one message from a client asks of the server.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// A text frame: a chat message, checked (rate limiting is up to the socket).
+    Chat(ChatText<'a>),
+    /// A binary frame: confab speaks text only (close 1003).
+    Binary,
+    /// The peer is closing, with this code (1005 when its close frame had none).
+    Close(u16),
+    /// A ping or pong: proof of life, nothing to do (the WebSocket layer answers pings).
+    Control,
+}
+
+/// Decides what a client message means. Pure, so it can be fuzzed: whatever the bytes, the
+/// answer is one of the cases above and a `Chat` text is trimmed and within `max_chars`.
+pub fn classify(message: &Message, max_chars: usize) -> Incoming<'_> {
+    match message {
+        Message::Text(text) => Incoming::Chat(check_chat_text(text.as_str(), max_chars)),
+        Message::Binary(_) => Incoming::Binary,
+        Message::Close(frame) => {
+            Incoming::Close(frame.as_ref().map_or(close::NO_STATUS, |frame| frame.code))
+        }
+        Message::Ping(_) | Message::Pong(_) => Incoming::Control,
+    }
+}
+
 /// The two fields a node reads from an event frame that reached it from another node.
 #[derive(Debug, serde::Deserialize)]
 pub struct FrameHeader<'a> {
@@ -491,6 +517,24 @@ mod tests {
         assert_eq!(value["type"], "list");
         assert_eq!(value["data"].as_array().unwrap().len(), 2);
         assert_eq!(frame.id(), 0);
+    }
+
+    #[test]
+    fn client_messages_are_classified() {
+        let close_frame = |code| Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static("") }));
+        let cases = [
+            (Message::text("  hi "), Incoming::Chat(ChatText::Valid("hi"))),
+            (Message::text(" "), Incoming::Chat(ChatText::Empty)),
+            (Message::text("x".repeat(11)), Incoming::Chat(ChatText::TooLong)),
+            (Message::binary(vec![1]), Incoming::Binary),
+            (close_frame(4999), Incoming::Close(4999)),
+            (Message::Close(None), Incoming::Close(close::NO_STATUS)),
+            (Message::Ping(bytes::Bytes::new()), Incoming::Control),
+            (Message::Pong(bytes::Bytes::new()), Incoming::Control),
+        ];
+        for (message, expected) in &cases {
+            assert_eq!(&classify(message, 10), expected, "{message:?}");
+        }
     }
 
     #[test]

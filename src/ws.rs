@@ -33,8 +33,8 @@ use crate::hub::SocketControl;
 use crate::limits::{SocketLimitExceeded, SocketLimits, SocketPermit};
 use crate::metrics::{Metrics, Rejection};
 use crate::protocol::{
-    ChatText, ErrorCode, Frame, InvalidRoomName, MAX_CLIENT_MESSAGE_BYTES, RoomName,
-    check_chat_text, close, close_message, list_frame, now_ms,
+    ChatText, ErrorCode, Frame, Incoming, InvalidRoomName, MAX_CLIENT_MESSAGE_BYTES, RoomName,
+    classify, close, close_message, list_frame, now_ms,
 };
 use crate::ratelimit::TokenBucket;
 use crate::user::Identity;
@@ -380,38 +380,40 @@ impl Connection<'_> {
                     debug!(%error, "socket read failed");
                     return Some(close::ABNORMAL);
                 }
-                Some(Ok(Message::Text(text))) => {
-                    if let Some(code) = self.take_chat(text.as_str(), &mut bucket).await {
-                        self.send_error(outbound_tx, code);
+                Some(Ok(message)) => {
+                    match classify(&message, self.state.config.chat.max_message_chars) {
+                        Incoming::Chat(ChatText::Empty) | Incoming::Control => {}
+                        Incoming::Chat(checked) => {
+                            if let Some(code) = self.take_chat(checked, &mut bucket).await {
+                                self.send_error(outbound_tx, code);
+                            }
+                        }
+                        Incoming::Binary => {
+                            metrics.reject(Rejection::BinaryFrame);
+                            self.control.close(close::UNSUPPORTED_DATA);
+                            return None;
+                        }
+                        Incoming::Close(code) => return Some(code),
                     }
                 }
-                Some(Ok(Message::Binary(_))) => {
-                    metrics.reject(Rejection::BinaryFrame);
-                    self.control.close(close::UNSUPPORTED_DATA);
-                    return None;
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    return Some(frame.map_or(close::NO_STATUS, |frame| frame.code));
-                }
-                // Pings are answered by the WebSocket layer itself; pongs only prove liveness.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             }
         }
     }
 
     /// Checks, rate-limits and publishes one chat message. Returns the error to send back, if
     /// the message was refused.
-    async fn take_chat(&self, raw: &str, bucket: &mut TokenBucket) -> Option<ErrorCode> {
+    async fn take_chat(
+        &self,
+        checked: ChatText<'_>,
+        bucket: &mut TokenBucket,
+    ) -> Option<ErrorCode> {
         let state = self.state;
-        let checked = check_chat_text(raw, state.config.chat.max_message_chars);
-        if checked == ChatText::Empty {
-            return None;
-        }
         if !bucket.try_take(Instant::now()) {
             state.metrics.reject(Rejection::RateLimited);
             return Some(ErrorCode::RateLimited);
         }
         let ChatText::Valid(text) = checked else {
+            // Empty texts never get here; anything else not valid is too long.
             state.metrics.reject(Rejection::TooLong);
             return Some(ErrorCode::TooLong);
         };

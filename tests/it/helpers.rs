@@ -371,7 +371,12 @@ pub struct TestReceiver {
 impl TestReceiver {
     /// The next text frame; fails the test on a close or timeout.
     pub async fn recv(&mut self) -> Value {
-        match next_event_of(&mut self.stream).await {
+        self.recv_within(EVENT_TIMEOUT).await
+    }
+
+    /// The next text frame, waiting up to `within`.
+    pub async fn recv_within(&mut self, within: Duration) -> Value {
+        match next_event_within(&mut self.stream, within).await {
             Received::Frame(frame) => frame,
             other => panic!("expected a frame, got {other:?}"),
         }

@@ -13,5 +13,6 @@ mod pages;
 mod presence;
 mod redis_server;
 mod security;
+mod soak;
 mod sockets;
 mod startup;

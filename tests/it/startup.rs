@@ -74,6 +74,11 @@ impl ConfabProcess {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the process is running")
+    }
+
     /// A client for this process, with the same helpers as an in-process app.
     pub fn client(&self) -> RemoteApp {
         RemoteApp { addr: self.addr }
