@@ -26,7 +26,7 @@ pub struct Metrics {
     pub messages_received: IntCounter,
     /// Frames written to sockets, of every type.
     pub messages_delivered: IntCounter,
-    /// Sockets closed with 1013 because their outbound queue overflowed.
+    /// Sockets closed with 1013 because their outbound queue overflowed or a write stalled.
     pub slow_consumers: IntCounter,
     /// Socket closes by WebSocket close code.
     disconnects: IntCounterVec,
@@ -156,7 +156,7 @@ impl Metrics {
         .unwrap();
         let slow_consumers = IntCounter::new(
             "confab_slow_consumers_total",
-            "Sockets closed with 1013 because their outbound queue overflowed.",
+            "Sockets closed with 1013 because their outbound queue overflowed or a write to them stalled.",
         )
         .unwrap();
         let disconnects = IntCounterVec::new(
@@ -178,7 +178,7 @@ impl Metrics {
         let broker_publish_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "confab_broker_publish_seconds",
-                "Time to publish one frame through the broker: id, history and fan-out.",
+                "Time to publish one chat message through the broker (embedded: id, history and local fan-out; Redis: the publish script's round trip).",
             )
             .buckets(vec![
                 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
@@ -302,7 +302,8 @@ impl Metrics {
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            self.runtime_tasks.set(runtime.metrics().num_alive_tasks() as i64);
+            self.runtime_tasks
+                .set(runtime.metrics().num_alive_tasks() as i64);
         }
         let mut buffer = Vec::new();
         // Encoding into a Vec cannot fail for metrics that registered successfully.

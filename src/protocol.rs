@@ -521,11 +521,22 @@ mod tests {
 
     #[test]
     fn client_messages_are_classified() {
-        let close_frame = |code| Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static("") }));
+        let close_frame = |code| {
+            Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(""),
+            }))
+        };
         let cases = [
-            (Message::text("  hi "), Incoming::Chat(ChatText::Valid("hi"))),
+            (
+                Message::text("  hi "),
+                Incoming::Chat(ChatText::Valid("hi")),
+            ),
             (Message::text(" "), Incoming::Chat(ChatText::Empty)),
-            (Message::text("x".repeat(11)), Incoming::Chat(ChatText::TooLong)),
+            (
+                Message::text("x".repeat(11)),
+                Incoming::Chat(ChatText::TooLong),
+            ),
             (Message::binary(vec![1]), Incoming::Binary),
             (close_frame(4999), Incoming::Close(4999)),
             (Message::Close(None), Incoming::Close(close::NO_STATUS)),

@@ -52,6 +52,9 @@ pub enum BrokerError {
     /// Redis answered with something the scripts never return.
     #[error("unexpected reply from Redis: {0}")]
     Reply(&'static str),
+    /// The node has not subscribed yet, so it cannot promise a socket every frame.
+    #[error("the node's subscription has not started yet")]
+    Starting,
 }
 
 /// What the rest of confab needs from a broker.

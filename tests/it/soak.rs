@@ -43,9 +43,15 @@ fn sample(process: &ConfabProcess, exposition: &str) -> Sample {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
         .unwrap();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     let tasks = metric_value(exposition, "confab_runtime_tasks") as u64;
-    Sample { rss_kib, fds, tasks }
+    Sample {
+        rss_kib,
+        fds,
+        tasks,
+    }
 }
 
 async fn sample_all(nodes: &[ConfabProcess]) -> Vec<Sample> {
@@ -66,7 +72,11 @@ async fn sample_all(nodes: &[ConfabProcess]) -> Vec<Sample> {
 }
 
 /// Sends `<name> <n>` every 400 ms (under the rate limit) until `stop`; returns how many.
-async fn chatter_send(mut tx: crate::helpers::TestSender, name: String, stop: Arc<AtomicBool>) -> u64 {
+async fn chatter_send(
+    mut tx: crate::helpers::TestSender,
+    name: String,
+    stop: Arc<AtomicBool>,
+) -> u64 {
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         tx.send(&format!("{name} {n}")).await;
@@ -78,7 +88,10 @@ async fn chatter_send(mut tx: crate::helpers::TestSender, name: String, stop: Ar
 }
 
 /// Reads until every chatter said "done"; returns, per chatter, the numbers received in order.
-async fn chatter_receive(mut rx: crate::helpers::TestReceiver, chatters: usize) -> HashMap<String, Vec<u64>> {
+async fn chatter_receive(
+    mut rx: crate::helpers::TestReceiver,
+    chatters: usize,
+) -> HashMap<String, Vec<u64>> {
     let mut received: HashMap<String, Vec<u64>> = HashMap::new();
     let mut done = 0;
     while done < chatters {
@@ -87,7 +100,9 @@ async fn chatter_receive(mut rx: crate::helpers::TestReceiver, chatters: usize) 
             continue;
         }
         let text = frame["data"].as_str().unwrap();
-        let Some((name, n)) = text.split_once(' ') else { continue };
+        let Some((name, n)) = text.split_once(' ') else {
+            continue;
+        };
         if n == "done" {
             done += 1;
         } else if let Ok(n) = n.parse() {
@@ -126,7 +141,10 @@ async fn slow_reader(node: std::net::SocketAddr, stop: Arc<AtomicBool>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run with scripts/soak"]
 async fn soak_three_nodes_under_mixed_traffic() {
-    let minutes: f64 = std::env::var("SOAK_MINUTES").ok().and_then(|m| m.parse().ok()).unwrap_or(30.0);
+    let minutes: f64 = std::env::var("SOAK_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(30.0);
     let total = Duration::from_secs_f64(minutes * 60.0);
     let warm_up = total / 10;
     let redis = RedisServer::start().await;
@@ -148,7 +166,10 @@ async fn soak_three_nodes_under_mixed_traffic() {
     let http = reqwest::Client::new();
     for addr in &addrs {
         crate::helpers::eventually("the node to be ready", || async {
-            http.get(format!("http://{addr}/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+            http.get(format!("http://{addr}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
         })
         .await;
     }
@@ -175,10 +196,17 @@ async fn soak_three_nodes_under_mixed_traffic() {
     let cycles = Arc::new(AtomicU64::new(0));
     let mut churners = Vec::new();
     for _ in 0..CHURNERS {
-        churners.push(tokio::spawn(churn(addrs.clone(), stop_churn.clone(), cycles.clone())));
+        churners.push(tokio::spawn(churn(
+            addrs.clone(),
+            stop_churn.clone(),
+            cycles.clone(),
+        )));
     }
     for i in 0..SLOW_READERS {
-        churners.push(tokio::spawn(slow_reader(addrs[i % addrs.len()], stop_churn.clone())));
+        churners.push(tokio::spawn(slow_reader(
+            addrs[i % addrs.len()],
+            stop_churn.clone(),
+        )));
     }
 
     let started = Instant::now();
@@ -187,7 +215,8 @@ async fn soak_three_nodes_under_mixed_traffic() {
     eprintln!("soak: warm-up done: {baseline:?}");
     let mut peak = baseline.clone();
     while started.elapsed() < total {
-        tokio::time::sleep(Duration::from_secs(30).min(total.saturating_sub(started.elapsed()))).await;
+        tokio::time::sleep(Duration::from_secs(30).min(total.saturating_sub(started.elapsed())))
+            .await;
         let now = sample_all(&nodes).await;
         eprintln!(
             "soak: {:>5.1} min, {} churn cycles: {now:?}",
@@ -212,18 +241,40 @@ async fn soak_three_nodes_under_mixed_traffic() {
         let received = receiver.await.unwrap();
         for (name, &count) in &sent {
             let expected: Vec<u64> = (0..count).collect();
-            assert_eq!(received.get(name).cloned().unwrap_or_default(), expected, "chatter{r} lost or reordered {name}'s messages");
+            assert_eq!(
+                received.get(name).cloned().unwrap_or_default(),
+                expected,
+                "chatter{r} lost or reordered {name}'s messages"
+            );
         }
     }
 
     // With the churn over, sockets closed and left announced, tasks and descriptors are back.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let end = sample_all(&nodes).await;
-    eprintln!("soak: end: {end:?}; peak RSS {:?}", peak.iter().map(|s| s.rss_kib).collect::<Vec<_>>());
+    eprintln!(
+        "soak: end: {end:?}; peak RSS {:?}",
+        peak.iter().map(|s| s.rss_kib).collect::<Vec<_>>()
+    );
     for (n, (baseline, end)) in baseline.iter().zip(&end).enumerate() {
         let allowed = baseline.rss_kib + baseline.rss_kib / 20;
-        assert!(end.rss_kib <= allowed, "node {n}: RSS grew from {} KiB to {} KiB", baseline.rss_kib, end.rss_kib);
-        assert!(end.fds <= baseline.fds, "node {n}: file descriptors grew from {} to {}", baseline.fds, end.fds);
-        assert!(end.tasks <= baseline.tasks, "node {n}: tasks grew from {} to {}", baseline.tasks, end.tasks);
+        assert!(
+            end.rss_kib <= allowed,
+            "node {n}: RSS grew from {} KiB to {} KiB",
+            baseline.rss_kib,
+            end.rss_kib
+        );
+        assert!(
+            end.fds <= baseline.fds,
+            "node {n}: file descriptors grew from {} to {}",
+            baseline.fds,
+            end.fds
+        );
+        assert!(
+            end.tasks <= baseline.tasks,
+            "node {n}: tasks grew from {} to {}",
+            baseline.tasks,
+            end.tasks
+        );
     }
 }

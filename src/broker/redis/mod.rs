@@ -27,10 +27,10 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::scripts::{Common, JoinReply, Scripts};
-pub use self::scripts::{EVENTS_CHANNEL, KEY_PREFIX, LOG_KEY};
+pub use self::scripts::{EVENTS_CHANNEL, KEY_PREFIX, LOG_KEY, SEQ_KEY, SEQ_START_KEY};
 use super::{Broker, BrokerError, Snapshot};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -61,6 +61,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const REAPED_MARKER_TTL: Duration = Duration::from_secs(600);
 /// Most departures one sweep announces.
 const SWEEP_BATCH: usize = 500;
+/// What the leave script returns when the user's `left` is now pending.
+const LEFT_PENDING: i64 = 2;
 
 /// The cluster-mode broker. Dropping it stops its background tasks; [`Broker::shutdown`]
 /// also takes the node out of Redis.
@@ -87,6 +89,10 @@ struct Shared {
     highest_seen: AtomicU64,
     /// The subscription is up and caught up.
     subscribed: AtomicBool,
+    /// The subscription has had its first start: sockets may join from now on.
+    baseline: AtomicBool,
+    /// Heartbeats that succeeded; the first one may take over an earlier process's key.
+    heartbeats: AtomicU64,
     /// The last command succeeded.
     commands_ok: AtomicBool,
     /// What `broker_up` and the logs last said, to log changes rather than every retry.
@@ -109,6 +115,9 @@ struct LocalPresence {
     entries: HashMap<(RoomName, String), LocalEntry>,
     /// Users whose last socket here closed while Redis could not be told.
     departed: HashMap<(RoomName, String), LocalEntry>,
+    /// Users whose `left` Redis holds pending (their grace running), until it is due: if Redis
+    /// loses its data meanwhile, the re-synchronisation puts them back so `left` still comes.
+    pending_leaves: HashMap<(RoomName, String), (Identity, Instant)>,
     /// Bumped on every change, so a re-synchronisation can tell it raced one.
     version: u64,
 }
@@ -155,6 +164,8 @@ impl RedisBroker {
             leave_grace: config.chat.leave_grace,
             highest_seen: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
+            baseline: AtomicBool::new(false),
+            heartbeats: AtomicU64::new(0),
             commands_ok: AtomicBool::new(false),
             reported_up: AtomicBool::new(false),
             local: Mutex::new(LocalPresence::default()),
@@ -206,6 +217,10 @@ impl Broker for RedisBroker {
         since: Option<u64>,
     ) -> Result<Snapshot, BrokerError> {
         let shared = &self.shared;
+        if !shared.baseline.load(Ordering::Acquire) {
+            // Until the subscription has started, frames after the snapshot could be missed.
+            return Err(BrokerError::Starting);
+        }
         // Counted here first: a re-synchronisation racing this join then keeps the socket.
         shared.local().add(room, user);
         let mut call = shared.common().invoke(&shared.scripts.join);
@@ -242,12 +257,20 @@ impl Broker for RedisBroker {
         shared.local().remove(room, user);
         let mut call = shared.common().invoke(&shared.scripts.leave);
         call.arg(&shared.node_id).arg(room.as_str()).arg(user.id());
-        if let Err(error) = shared.run::<i64>(call).await {
-            // Redis will be put right from `local` when it answers again; meanwhile remember
-            // that this user may need a `left` nobody could announce.
-            shared.local().mark_departed(room, user);
-            shared.resync_needed.store(true, Ordering::Release);
-            warn!(%error, room.id = %room, "cannot record a socket's leave; will re-synchronise");
+        match shared.run::<i64>(call).await {
+            Ok(LEFT_PENDING) => {
+                shared
+                    .local()
+                    .note_pending_leave(room, user, Instant::now() + shared.leave_grace)
+            }
+            Ok(_) => {}
+            Err(error) => {
+                // Redis will be put right from `local` when it answers again; meanwhile
+                // remember that this user may need a `left` nobody could announce.
+                shared.local().mark_departed(room, user);
+                shared.resync_needed.store(true, Ordering::Release);
+                debug!(%error, room.id = %room, "cannot record a socket's leave; will re-synchronise");
+            }
         }
     }
 
@@ -336,6 +359,11 @@ impl Shared {
         self.report_up();
     }
 
+    /// The subscription started for the first time: sockets may join.
+    fn note_baseline(&self) {
+        self.baseline.store(true, Ordering::Release);
+    }
+
     fn note_subscribed(&self, subscribed: bool) {
         self.subscribed.store(subscribed, Ordering::Release);
         if !subscribed {
@@ -388,19 +416,28 @@ impl Shared {
             *known = Some(epoch);
             lost
         };
+        let first = self.heartbeats.fetch_add(1, Ordering::AcqRel) == 0;
         match state.as_str() {
-            "intact" if !data_lost => {}
-            "reaped" if !data_lost => {
+            _ if data_lost => {
+                warn!("Redis lost its data; re-registering this node's users");
+                self.resync_needed.store(true, Ordering::Release);
+            }
+            "intact" => {}
+            // At start-up these are an earlier process with this node id: take over.
+            "foreign" | "reaped" if first => self.resync_needed.store(true, Ordering::Release),
+            "reaped" => {
                 warn!("other nodes declared this node dead; announcing its users again");
                 self.announce_returns.store(true, Ordering::Release);
                 self.resync_needed.store(true, Ordering::Release);
             }
-            _ => {
-                if data_lost {
-                    warn!("Redis lost its data; re-registering this node's users");
-                }
+            "foreign" => {
+                error!(
+                    node.id = %self.node_id,
+                    "another live process uses this CONFAB_NODE_ID; presence in Redis is wrong until one stops"
+                );
                 self.resync_needed.store(true, Ordering::Release);
             }
+            _ => self.resync_needed.store(true, Ordering::Release),
         }
         if self.resync_needed.load(Ordering::Acquire) {
             self.resync().await?;
@@ -413,16 +450,33 @@ impl Shared {
         let announce = self.announce_returns.load(Ordering::Acquire);
         let (version, entries) = {
             let local = self.local();
+            // Users with sockets here, then those gone without Redis hearing it or with
+            // their `left` still pending: the latter go in with no sockets, so that Redis,
+            // should it have lost them, lists them again and announces their `left`.
+            let now = Instant::now();
+            let pending = local
+                .pending_leaves
+                .iter()
+                .filter(|(_, (_, due))| *due > now)
+                .map(|(key, (identity, _))| (key, identity));
+            let gone = local
+                .departed
+                .iter()
+                .map(|(key, entry)| (key, &entry.identity))
+                .chain(pending)
+                .filter(|(key, _)| !local.entries.contains_key(*key))
+                .map(|((room, _), identity)| {
+                    let entry = LocalEntry {
+                        sockets: 0,
+                        identity: identity.clone(),
+                    };
+                    (room.clone(), entry)
+                });
             let entries: Vec<(RoomName, LocalEntry)> = local
                 .entries
                 .iter()
-                .chain(
-                    local
-                        .departed
-                        .iter()
-                        .filter(|(key, _)| !local.entries.contains_key(*key)),
-                )
                 .map(|((room, _), entry)| (room.clone(), entry.clone()))
+                .chain(gone)
                 .collect();
             (local.version, entries)
         };
@@ -441,6 +495,8 @@ impl Shared {
         let mut local = self.local();
         if local.version == version {
             local.departed.clear();
+            let now = Instant::now();
+            local.pending_leaves.retain(|_, (_, due)| *due > now);
             self.resync_needed.store(false, Ordering::Release);
             self.announce_returns.store(false, Ordering::Release);
         }
@@ -481,6 +537,7 @@ impl LocalPresence {
     fn add(&mut self, room: &RoomName, user: &Identity) {
         let key = (room.clone(), user.id().to_owned());
         self.departed.remove(&key);
+        self.pending_leaves.remove(&key);
         self.entries
             .entry(key)
             .or_insert_with(|| LocalEntry {
@@ -500,6 +557,20 @@ impl LocalPresence {
             if entry.sockets == 0 {
                 self.entries.remove(&key);
             }
+        }
+    }
+
+    /// Redis now holds `left` pending for `user` in `room`, due at `due`.
+    fn note_pending_leave(&mut self, room: &RoomName, user: &Identity, due: Instant) {
+        let key = (room.clone(), user.id().to_owned());
+        if !self.entries.contains_key(&key) {
+            // Pruned as they fall due (at each re-synchronisation, and here when many), so
+            // bounded by the users who left within one grace period.
+            if self.pending_leaves.len() >= 10_000 {
+                let now = Instant::now();
+                self.pending_leaves.retain(|_, (_, due)| *due > now);
+            }
+            self.pending_leaves.insert(key, (user.clone(), due));
         }
     }
 

@@ -17,6 +17,10 @@ pub const KEY_PREFIX: &str = "confab:";
 pub const EVENTS_CHANNEL: &str = "confab:events";
 /// The stream that keeps recent frames for gap repair, keyed `<id>-0`.
 pub const LOG_KEY: &str = "confab:log";
+/// The newest id given out.
+pub const SEQ_KEY: &str = "confab:seq";
+/// The first id of the current sequence (ids below it were never given out by this Redis).
+pub const SEQ_START_KEY: &str = "confab:seq_start";
 
 /// The compiled scripts. One set per broker.
 pub(super) struct Scripts {

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{EVENTS_CHANNEL, LOG_KEY, MAX_BACKOFF, Shared};
+use super::{EVENTS_CHANNEL, LOG_KEY, MAX_BACKOFF, SEQ_KEY, SEQ_START_KEY, Shared};
 use crate::broker::BrokerError;
 use crate::protocol::{Frame, parse_frame_header};
 
@@ -34,14 +34,22 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         connected_once: false,
     };
     let mut backoff = FIRST_BACKOFF;
+    let mut warned_at_start = false;
     loop {
         let outcome = tokio::select! {
             () = stop.cancelled() => return,
             outcome = relay.subscribe_and_relay(&mut backoff) => outcome,
         };
         shared.note_subscribed(false);
-        if let Err(error) = outcome {
-            debug!(%error, "Redis subscription ended");
+        match outcome {
+            Err(error) if !relay.connected_once && !warned_at_start => {
+                // Later outages are logged once by the broker's state change; this is the
+                // only word about a Redis that is down from the start.
+                warn!(%error, "Redis is unreachable at start-up; retrying");
+                warned_at_start = true;
+            }
+            Err(error) => debug!(%error, "Redis subscription ended"),
+            Ok(()) => {}
         }
         let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -55,7 +63,8 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 /// Hands frames to the hub in id order, exactly once each.
 struct Relay<'a> {
     shared: &'a Shared,
-    /// The id of the last frame handed to the hub; 0 before the first.
+    /// The id of the last frame handed to the hub (or, before the first, the newest id when
+    /// the node first subscribed); 0 while Redis has never given out an id.
     delivered: u64,
     connected_once: bool,
 }
@@ -71,14 +80,19 @@ impl Relay<'_> {
         tokio::time::timeout(super::COMMAND_TIMEOUT, sink.subscribe(EVENTS_CHANNEL))
             .await
             .map_err(|_| BrokerError::Timeout(super::COMMAND_TIMEOUT))??;
-        // Subscribed first, then read the log: whatever is published in between arrives on
+        // Subscribed first, then read Redis: whatever is published in between arrives on
         // both, and the relay drops the second copy.
-        if self.delivered > 0 {
-            self.catch_up().await?;
-        }
         if self.connected_once {
+            self.catch_up().await?;
             shared.metrics.broker_reconnects.inc();
             info!(last.id = self.delivered, "Redis subscription restored");
+        } else {
+            // The first subscription starts from the newest id: from here on every frame is
+            // either received or repaired, so the node may take sockets.
+            let newest: Option<u64> = shared.query(redis::cmd("GET").arg(SEQ_KEY).clone()).await?;
+            self.delivered = newest.unwrap_or(0);
+            shared.saw(self.delivered);
+            shared.note_baseline();
         }
         self.connected_once = true;
         *backoff = FIRST_BACKOFF;
@@ -100,7 +114,8 @@ impl Relay<'_> {
                     }
                 }
                 _ = ping.tick() => {
-                    tokio::time::timeout(super::COMMAND_TIMEOUT, sink.ping::<String>())
+                    // A subscribed connection answers PING with ["pong", ""], not "PONG".
+                    tokio::time::timeout(super::COMMAND_TIMEOUT, sink.ping::<redis::Value>())
                         .await
                         .map_err(|_| BrokerError::Timeout(super::COMMAND_TIMEOUT))??;
                 }
@@ -117,8 +132,11 @@ impl Relay<'_> {
         if header.id <= self.delivered {
             return Ok(());
         }
+        // With no id ever given out before, the first frame starts the sequence.
         if self.delivered > 0 && header.id > self.delivered + 1 {
-            self.fill_gap(header.id).await?;
+            let before = self.delivered;
+            let (recovered, _) = self.read_log(Some(header.id - 1)).await?;
+            self.account_for_gap(before, header.id, recovered).await?;
         }
         let lag_ms = crate::protocol::now_ms().saturating_sub(header.ts);
         self.shared
@@ -132,7 +150,12 @@ impl Relay<'_> {
     /// Reads the log after the last delivered id, up to the newest entry.
     async fn catch_up(&mut self) -> Result<(), BrokerError> {
         let before = self.delivered;
-        let recovered = self.read_log(None).await?;
+        let (recovered, first) = self.read_log(None).await?;
+        if let Some(first) = first
+            && first > before + 1
+        {
+            self.account_for_gap(before, first, 0).await?;
+        }
         if recovered > 0 {
             info!(
                 frames = recovered,
@@ -143,29 +166,51 @@ impl Relay<'_> {
         Ok(())
     }
 
-    /// Reads the log for the frames between the last delivered id and `next` (exclusive).
-    async fn fill_gap(&mut self, next: u64) -> Result<(), BrokerError> {
-        let before = self.delivered;
-        let recovered = self.read_log(Some(next - 1)).await?;
-        let missing = (next - 1 - before).saturating_sub(recovered);
-        if missing > 0 && !self.log_covers(before + 1).await? {
-            // Either the log was trimmed past them (lost), or Redis restarted empty and raised
-            // its counter (they never existed); the log cannot say which.
-            self.shared.metrics.broker_frames_lost.inc_by(missing);
+    /// After repairing the gap between `before` and `next` (both exclusive) with `recovered`
+    /// frames from the log, counts and reports what could not be recovered — except ids that
+    /// never existed, below the start of a new sequence (Redis restarted empty).
+    async fn account_for_gap(
+        &self,
+        before: u64,
+        next: u64,
+        recovered: u64,
+    ) -> Result<(), BrokerError> {
+        let missing = (next - before - 1).saturating_sub(recovered);
+        if missing == 0 {
+            return Ok(());
+        }
+        let sequence_start: Option<u64> = self
+            .shared
+            .query(redis::cmd("GET").arg(SEQ_START_KEY).clone())
+            .await?;
+        let never_given = match sequence_start {
+            Some(start) if start > before + 1 => start.min(next) - before - 1,
+            _ => 0,
+        };
+        let lost = missing.saturating_sub(never_given);
+        if lost > 0 {
+            self.shared.metrics.broker_frames_lost.inc_by(lost);
             warn!(
-                missing,
+                lost,
                 from.id = before,
                 to.id = next,
                 "frames missing from the subscription are no longer in the Redis log"
+            );
+        } else {
+            info!(
+                from.id = before,
+                to.id = next,
+                "Redis started a new id sequence"
             );
         }
         Ok(())
     }
 
-    /// Delivers the log's frames after the last delivered id and up to `last` (or all),
-    /// returning how many.
-    async fn read_log(&mut self, last: Option<u64>) -> Result<u64, BrokerError> {
+    /// Delivers the log's frames after the last delivered id and up to `last` (or all).
+    /// Returns how many, and the id of the first.
+    async fn read_log(&mut self, last: Option<u64>) -> Result<(u64, Option<u64>), BrokerError> {
         let mut recovered = 0;
+        let mut first = None;
         let mut cursor = self.delivered;
         loop {
             let end = last.map_or_else(|| "+".to_owned(), |last| format!("{last}-0"));
@@ -183,6 +228,7 @@ impl Relay<'_> {
                 if let Ok(header) = parse_frame_header(&entry.frame)
                     && header.id > self.delivered
                 {
+                    first.get_or_insert(header.id);
                     let room = header.room.to_owned();
                     self.deliver(header.id, &room, entry.frame);
                     recovered += 1;
@@ -196,15 +242,7 @@ impl Relay<'_> {
             .metrics
             .broker_frames_recovered
             .inc_by(recovered);
-        Ok(recovered)
-    }
-
-    /// Whether the log still holds entries from `id` on (its oldest entry is at or before it).
-    async fn log_covers(&self, id: u64) -> Result<bool, BrokerError> {
-        let mut command = redis::cmd("XRANGE");
-        command.arg(LOG_KEY).arg("-").arg("+").arg("COUNT").arg(1);
-        let oldest: Vec<LogEntry> = self.shared.query(command).await?;
-        Ok(oldest.first().is_some_and(|entry| entry.id <= id))
+        Ok((recovered, first))
     }
 
     fn deliver(&mut self, id: u64, room: &str, text: String) {

@@ -8,6 +8,7 @@
 
 local PREFIX = 'confab:'
 local SEQ = PREFIX .. 'seq'
+local SEQ_START = PREFIX .. 'seq_start'
 local LOG = PREFIX .. 'log'
 local EVENTS = PREFIX .. 'events'
 local LEAVING = PREFIX .. 'leaving'
@@ -33,14 +34,18 @@ local function fmt(n) return string.format('%d', n) end
 local function next_id()
   local id = redis.call('INCR', SEQ)
   if id == 1 or id <= floor then
+    local fresh = id == 1
     local base = floor
-    if id == 1 then
+    if fresh then
       base = math.max(base, now_us)
       local newest = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)[1]
       if newest then base = math.max(base, tonumber(string.match(newest[1], '^%d+'))) end
     end
     id = base + 1
     redis.call('SET', SEQ, fmt(id))
+    -- A new sequence: nodes that find ids missing below its start know those were never
+    -- given out by this Redis (whereas ids skipped to pass `floor` were, elsewhere).
+    if fresh then redis.call('SET', SEQ_START, fmt(id)) end
   end
   return id
 end
@@ -76,15 +81,17 @@ end
 
 -- Removes `count` of the user's sockets from the room's total. When none is left anywhere,
 -- the user leaves: at once without a grace, else when the sweep finds the deadline passed.
+-- Returns 2 when the user's `left` is now pending (grace), else 1.
 local function release(room, uid, count, grace)
   local sockets = room_key(room, 'sockets')
-  if redis.call('HINCRBY', sockets, uid, -count) > 0 then return end
+  if redis.call('HINCRBY', sockets, uid, -count) > 0 then return 1 end
   redis.call('HDEL', sockets, uid)
   if grace <= 0 then
     announce_left(room, uid)
-  else
-    redis.call('ZADD', LEAVING, now_ms + grace, room .. ' ' .. uid)
+    return 1
   end
+  redis.call('ZADD', LEAVING, now_ms + grace, room .. ' ' .. uid)
+  return 2
 end
 
 -- Forgets every socket `node` had, as if each had closed, with `grace` before `left`.
