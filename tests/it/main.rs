@@ -16,3 +16,4 @@ mod security;
 mod soak;
 mod sockets;
 mod startup;
+mod topology;

@@ -1,0 +1,56 @@
+# syntax=docker/dockerfile:1
+#
+# confab's image: a release build in the Rust image, run from Debian slim as a non-root user.
+# Templates are compiled into the binary; static files are copied beside it and found through
+# CONFAB_STATIC_DIR. docs/deploy.md explains the choices.
+#
+#   docker build -t confab .
+#   docker run --rm -p 3000:3000 confab        # one node, embedded broker
+#   docker compose up                          # three nodes, Redis, nginx, Prometheus
+
+ARG RUST_VERSION=1.95
+ARG DEBIAN_RELEASE=trixie
+ARG BUSYBOX_VERSION=1.37
+
+# Only for its one static binary: see the HEALTHCHECK below.
+FROM busybox:${BUSYBOX_VERSION}-musl AS busybox
+
+FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
+WORKDIR /src
+# Only what the build reads (the Lua scripts are under src/), so that an edit to docs, tests
+# or static files does not rebuild.
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY templates ./templates
+# The registry and the target directory are BuildKit caches: after a source change only
+# confab itself compiles again, not its dependencies. The binary leaves the cache by a copy.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked --bin confab \
+    && install -D -m 0755 target/release/confab /out/confab
+
+FROM debian:${DEBIAN_RELEASE}-slim
+# The user has a fixed numeric id, so that Kubernetes can check runAsNonRoot without looking
+# it up.
+RUN groupadd --system --gid 10001 confab \
+    && useradd --system --uid 10001 --gid confab --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin confab
+# A static busybox (1 MB, no packages to install) whose wget lets HEALTHCHECK ask /healthz:
+# slim has neither curl nor wget.
+COPY --from=busybox /bin/busybox /usr/local/bin/busybox
+COPY --from=build /out/confab /usr/local/bin/confab
+COPY static /usr/share/confab/static
+# In a container confab listens on every interface; the rest are confab's own defaults.
+ENV CONFAB_BIND=0.0.0.0:3000 \
+    CONFAB_STATIC_DIR=/usr/share/confab/static
+WORKDIR /usr/share/confab
+USER 10001:10001
+EXPOSE 3000
+# SIGTERM starts the drain (1012 to every socket, then exit within 20 s); give it 30 s
+# (docker stop --time 30, stop_grace_period in compose, terminationGracePeriodSeconds).
+STOPSIGNAL SIGTERM
+# Liveness only: /readyz also turns 503 while Redis is away, and restarting a node for that
+# would not bring Redis back. The port follows CONFAB_BIND above.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:3000/healthz"]
+ENTRYPOINT ["confab"]
