@@ -37,7 +37,13 @@
   // Bounds that keep a tab left open for days from growing without limit.
   const MAX_SEEN_IDS = 5000;
   const MAX_RENDERED_ITEMS = 1000;
+  // Sent texts waiting to be seen back (or refused); only the newest few matter.
+  const MAX_UNCONFIRMED = 20;
+  // After a reconnect, how long people who were online before may take to come
+  // back without their `join` being shown (pages retry within 15 s).
+  const RETURN_WINDOW_MS = 30000;
 
+  const CLOSE_POLICY = 1008;
   const CLOSE_INVALID_USER = 4001;
   const CLOSE_INVALID_ROOM = 4004;
 
@@ -51,6 +57,8 @@
       'Your message could not be sent — the chat service is temporarily unavailable. Try again.',
   };
   const NOT_CONNECTED_TEXT = 'Not connected — your message was not sent.';
+  const TOO_MANY_TABS_TEXT =
+    'You have too many chat tabs open. Close some and this one connects by itself.';
   const UNKNOWN_ERROR_TEXT = 'Your message could not be sent. Try again.';
 
   // ---------------------------------------------------------------------------
@@ -69,8 +77,11 @@
     roomInput: $('room-input'),
     users: $('users'),
     messages: $('messages'),
+    list: $('message-list'),
     newMessages: $('new-messages'),
     noticeBar: $('notice-bar'),
+    emptyState: $('empty-state'),
+    charCount: $('char-count'),
     composer: $('composer'),
     input: $('message-input'),
   };
@@ -97,6 +108,8 @@
   let stopped = false;
   /** Whether a socket has ever opened; the first load says "Connecting", later ones "Reconnecting". */
   let everConnected = false;
+  /** The last close was 1008 (too many sockets): its notice stays until a connection works. */
+  let policyRefused = false;
 
   /**
    * Ids already shown. Ids only grow (PROTOCOL.md guarantee 1), so
@@ -111,9 +124,21 @@
 
   /** Online users by id. */
   const users = new Map();
+  /**
+   * Ids of the users who were online when our socket dropped. After a server
+   * restart everyone reconnects and is announced again; for them that `join`
+   * is not news, so it is not shown. Forgotten RETURN_WINDOW_MS after we are back.
+   */
+  const returning = new Set();
+  let returningTimer = 0;
 
-  /** Text of the last message sent, put back in the box if the server refuses it. */
-  let pending = null;
+  /**
+   * Texts sent on a socket and not yet seen back as our own `chat` frame, oldest
+   * first. An `error` frame does not say which message it refuses, but the one
+   * just sent is by far the likeliest (a refused burst refuses its newest), so
+   * the newest is put back in the box.
+   */
+  const unconfirmed = [];
   let noticeTimer = 0;
   let unread = 0;
 
@@ -189,8 +214,16 @@
       showNotice('This room name is not valid, so the room cannot be opened.', { sticky: true });
       return;
     }
+    if (code === CLOSE_POLICY) {
+      // Too many sockets for this user (or address): closing other tabs frees
+      // a place, so keep trying, and say why until a connection succeeds.
+      showNotice(TOO_MANY_TABS_TEXT, { sticky: true });
+      policyRefused = true;
+    }
     // 1012 (server restart), 1013 (try again later), 1006 (network) and
     // anything else: the server or the path to it is expected to come back.
+    clearTimeout(returningTimer);
+    for (const id of users.keys()) returning.add(id);
     scheduleReconnect();
   }
 
@@ -286,11 +319,24 @@
     const own = user !== null && user.id === me.id;
 
     if (frame.type === 'chat') {
-      if (own && text === pending) pending = null; // Delivered: nothing to restore.
+      if (own) {
+        // Delivered: nothing to restore.
+        const index = unconfirmed.indexOf(text);
+        if (index !== -1) unconfirmed.splice(index, 1);
+      }
       appendItem(renderMessage(id, user, text, ts, own), { own });
+      el.emptyState.hidden = true;
       if (!own) countUnread();
     } else {
-      appendItem(renderNotice(id, text, ts), { own: false });
+      // Once the page has had a user list, a `join` for someone listed (or
+      // online before our reconnect), or a `left` for someone we never saw,
+      // is the echo of a reconnect or a server restart, not news.
+      let echo = false;
+      if (historyLoaded && user !== null) {
+        const wasReturning = returning.delete(user.id);
+        echo = frame.type === 'join' ? users.has(user.id) || wasReturning : !users.has(user.id) && !wasReturning;
+      }
+      if (!echo) appendItem(renderNotice(id, text, ts), { own: false });
       if (user) {
         if (frame.type === 'join') users.set(user.id, user);
         else users.delete(user.id);
@@ -319,20 +365,29 @@
     }
     renderUsers();
     el.messages.removeAttribute('aria-busy');
+    if (policyRefused) {
+      policyRefused = false;
+      clearNotice();
+    }
     if (!historyLoaded) {
       historyLoaded = true;
       scrollToBottom();
     }
+    if (returning.size > 0) {
+      clearTimeout(returningTimer);
+      returningTimer = setTimeout(() => returning.clear(), RETURN_WINDOW_MS);
+    }
+    el.emptyState.hidden = el.messages.querySelector('li.message') !== null;
   }
 
   function handleError(frame) {
     showNotice(ERROR_TEXT[frame.code] || UNKNOWN_ERROR_TEXT);
     // Give the refused text back, unless the user has started typing again.
-    if (pending !== null && el.input.value === '') {
-      el.input.value = pending;
-      resizeInput();
+    const refused = unconfirmed.pop();
+    if (refused !== undefined && el.input.value.trim() === '') {
+      el.input.value = refused;
+      onInputChange();
     }
-    pending = null;
   }
 
   /** Server data is untrusted: keep only string fields and never fail on shape. */
@@ -357,7 +412,7 @@
     if (own) li.classList.add('own');
 
     // Follow-ups from the same sender shortly after read as one block.
-    const prev = el.messages.lastElementChild;
+    const prev = el.list.lastElementChild;
     const prevMeta = prev ? messageMeta.get(prev) : undefined;
     if (prevMeta && prevMeta.userId === userId && ts >= prevMeta.ts && ts - prevMeta.ts < GROUP_WINDOW_MS) {
       li.classList.add('grouped');
@@ -453,6 +508,9 @@
   // ---------------------------------------------------------------------------
   // Rendering: the log and scrolling
 
+  /** Whether the reader was at the newest message at the last scroll. */
+  let atBottom = true;
+
   function isNearBottom() {
     const m = el.messages;
     return m.scrollHeight - m.scrollTop - m.clientHeight <= STICKY_BOTTOM_PX;
@@ -469,7 +527,7 @@
    */
   function appendItem(li, { own }) {
     const follow = own || isNearBottom();
-    el.messages.append(li);
+    el.list.append(li);
     trimLog();
     if (follow) scrollToBottom();
     else if (historyLoaded) el.newMessages.hidden = false;
@@ -477,14 +535,14 @@
 
   function trimLog() {
     const m = el.messages;
-    const excess = m.children.length - MAX_RENDERED_ITEMS;
+    const excess = el.list.children.length - MAX_RENDERED_ITEMS;
     if (excess <= 0) return;
     const before = m.scrollHeight;
-    for (let i = 0; i < excess; i += 1) m.firstElementChild.remove();
+    for (let i = 0; i < excess; i += 1) el.list.firstElementChild.remove();
     // Keep what the reader is looking at in place.
     m.scrollTop -= before - m.scrollHeight;
     // A follow-up that lost the message it was grouped with needs its author back.
-    const first = m.firstElementChild;
+    const first = el.list.firstElementChild;
     if (first) first.classList.remove('grouped');
   }
 
@@ -622,19 +680,52 @@
   // ---------------------------------------------------------------------------
   // Composer
 
+  /** Length as the server counts it: Unicode scalar values after trimming. */
+  function messageLength(text) {
+    return Array.from(text).length;
+  }
+
   function sendMessage() {
     const text = el.input.value.trim();
     if (text === '') return;
+    // In each refusal below the text stays in the box, so nothing typed is lost.
+    if (messageLength(text) > MAX_MESSAGE_CHARS) {
+      showNotice(ERROR_TEXT.too_long);
+      return;
+    }
     if (!socket || socket.readyState !== WebSocket.OPEN) {
-      // Keep the text where it is so nothing typed is lost.
       showNotice(NOT_CONNECTED_TEXT);
       return;
     }
     socket.send(text);
-    pending = text;
+    unconfirmed.push(text);
+    if (unconfirmed.length > MAX_UNCONFIRMED) unconfirmed.shift();
     el.input.value = '';
-    resizeInput();
+    onInputChange();
     clearNotice();
+  }
+
+  /**
+   * Shows how many characters are left once the text nears the limit, and by
+   * how much it is over past it (the box does not cut a paste short).
+   */
+  function updateCharCount() {
+    const left = MAX_MESSAGE_CHARS - messageLength(el.input.value.trim());
+    const near = left <= Math.max(20, Math.floor(MAX_MESSAGE_CHARS / 10));
+    el.charCount.hidden = !near;
+    el.charCount.classList.toggle('over', left < 0);
+    if (!near) {
+      el.charCount.textContent = '';
+    } else if (left >= 0) {
+      el.charCount.textContent = `${left} ${left === 1 ? 'character' : 'characters'} left`;
+    } else {
+      el.charCount.textContent = `${-left} ${left === -1 ? 'character' : 'characters'} over the limit`;
+    }
+  }
+
+  function onInputChange() {
+    resizeInput();
+    updateCharCount();
   }
 
   function onInputKeydown(event) {
@@ -695,6 +786,8 @@
 
   function init() {
     renderRooms(rememberRoom());
+    const whoami = document.querySelector('.whoami');
+    if (whoami) whoami.prepend(renderAvatar(me));
     window.addEventListener('storage', (event) => {
       if (event.key === RECENT_ROOMS_KEY) renderRooms(loadRecentRooms());
     });
@@ -704,13 +797,18 @@
       sendMessage();
     });
     el.input.addEventListener('keydown', onInputKeydown);
-    el.input.addEventListener('input', resizeInput);
+    el.input.addEventListener('input', onInputChange);
 
     el.roomForm.addEventListener('submit', onRoomSubmit);
     el.roomInput.addEventListener('input', onRoomInput);
 
     el.sidebarToggle.addEventListener('click', () => {
       setSidebarOpen(!el.app.classList.contains('sidebar-open'));
+    });
+    // On a phone the panel covers the top of the conversation: a tap on the
+    // conversation puts it away.
+    document.querySelector('.chat').addEventListener('click', () => {
+      if (el.app.classList.contains('sidebar-open')) setSidebarOpen(false);
     });
     document.addEventListener('keydown', (event) => {
       if (event.key === 'Escape' && el.app.classList.contains('sidebar-open')) {
@@ -720,8 +818,16 @@
     });
 
     el.messages.addEventListener('scroll', () => {
-      if (isNearBottom()) el.newMessages.hidden = true;
+      atBottom = isNearBottom();
+      if (atBottom) el.newMessages.hidden = true;
     }, { passive: true });
+    // The log shrinks when a notice shows or the message box grows: a reader
+    // who was at the newest message stays there.
+    if (typeof ResizeObserver === 'function') {
+      new ResizeObserver(() => {
+        if (atBottom) el.messages.scrollTop = el.messages.scrollHeight;
+      }).observe(el.messages);
+    }
     el.newMessages.addEventListener('click', () => {
       scrollToBottom();
       el.input.focus();
