@@ -32,6 +32,9 @@ struct Cli {
     /// Key that signs the user cookie, at least 32 bytes; required in cluster mode.
     #[arg(long, env = "CONFAB_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// A file holding the cookie key instead (a mounted Kubernetes or Docker secret).
+    #[arg(long, env = "CONFAB_SECRET_FILE")]
+    secret_file: Option<String>,
     /// This node's name in Redis, logs and metrics (default: host name + pid).
     #[arg(long, env = "CONFAB_NODE_ID")]
     node_id: Option<String>,
@@ -215,10 +218,28 @@ impl Config {
             }
         };
 
-        let secret = match cli.secret.filter(|secret| !secret.is_empty()) {
+        let from_file = match cli.secret_file.filter(|path| !path.is_empty()) {
+            None => None,
+            Some(_) if cli.secret.as_deref().is_some_and(|secret| !secret.is_empty()) => {
+                return Err(ConfigError {
+                    setting: name("secret_file", "CONFAB_SECRET_FILE"),
+                    problem: "cannot be used together with CONFAB_SECRET; set one of them".into(),
+                });
+            }
+            Some(path) => Some(read_secret_file(&path).map_err(|problem| ConfigError {
+                setting: name("secret_file", "CONFAB_SECRET_FILE"),
+                problem,
+            })?),
+        };
+        let secret_setting = if from_file.is_some() {
+            name("secret_file", "CONFAB_SECRET_FILE")
+        } else {
+            name("secret", "CONFAB_SECRET")
+        };
+        let secret = match from_file.or(cli.secret).filter(|secret| !secret.is_empty()) {
             Some(secret) if secret.len() < MIN_SECRET_BYTES => {
                 return Err(ConfigError {
-                    setting: name("secret", "CONFAB_SECRET"),
+                    setting: secret_setting,
                     problem: format!(
                         "must be at least {MIN_SECRET_BYTES} bytes, got {}",
                         secret.len()
@@ -435,6 +456,12 @@ fn default_node_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// The cookie key from a file, without the line break editors and `echo` leave at its end.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    let content = std::fs::read_to_string(path).map_err(|error| format!("cannot read {path:?}: {error}"))?;
+    Ok(content.trim_end_matches(['\n', '\r']).to_owned())
+}
+
 /// IPs and CIDRs, comma-separated; a bare IP is a network of one.
 fn parse_networks(list: &str) -> Result<Vec<ipnet::IpNet>, String> {
     list.split(',')
@@ -518,6 +545,23 @@ mod tests {
         for (args, setting) in cases {
             assert_eq!(failing_setting(args), setting, "args {args:?}");
         }
+    }
+
+    #[test]
+    fn the_secret_can_come_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("confab-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, "a-secret-from-a-file-of-at-least-32-bytes\n").unwrap();
+        let short = dir.join("short");
+        std::fs::write(&short, "short\n").unwrap();
+        let config = config(&["--secret-file", good.to_str().unwrap()]).unwrap();
+        assert_eq!(config.secret_bytes(), Some(&b"a-secret-from-a-file-of-at-least-32-bytes"[..]));
+        assert_eq!(failing_setting(&["--secret-file", short.to_str().unwrap()]), "--secret-file");
+        assert_eq!(failing_setting(&["--secret-file", "/nonexistent/secret"]), "--secret-file");
+        let both = ["--secret-file", good.to_str().unwrap(), "--secret", "x".repeat(40).leak()];
+        assert_eq!(failing_setting(&both), "--secret-file");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
