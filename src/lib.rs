@@ -26,6 +26,8 @@
 //! - [`history`]: a room's recent frames, as the embedded broker keeps them.
 //! - [`metrics`]: Prometheus metrics and `/metrics`.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod auth;
 pub mod broker;

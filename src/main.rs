@@ -1,6 +1,8 @@
 //! The `confab` binary: read the configuration, start logging, bind, and serve until SIGTERM
 //! or SIGINT, then drain.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use confab::config::{RuntimeFlavor, StartupError};

@@ -1,0 +1,143 @@
+//! Who is where: every client's node, generator process, local address, room and sender
+//! index, computed from its global index alone so that every process agrees without talking.
+//!
+//! Client `g` of `C`:
+//! - node `g % nodes` (consecutive clients alternate nodes, so every room spans every node);
+//! - process `(g / nodes) % processes` (each process gets an equal share of every node);
+//! - local address `(g / (nodes × processes)) % sources`;
+//! - room `g / room_size`;
+//! - sender number `s` when `g = ⌊s × C / S⌋` for some `s < S` (senders spread evenly).
+//!
+//! Sends follow one global schedule: at total rate `R`, message `k` of a step goes at
+//! `start + k / R`, from sender `k mod S`. So sender `s` sends its `j`-th message at
+//! `start + (j × S + s) / R`: the total rate is exact and evenly spaced however many senders
+//! and processes share it.
+
+use serde::{Deserialize, Serialize};
+
+/// The shape of a run: how many clients, how they group into rooms, and who sends.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Layout {
+    /// Clients (sockets, one user each).
+    pub clients: u32,
+    /// Clients per room (the last room may be smaller).
+    pub room_size: u32,
+    /// Senders, spread evenly over the clients.
+    pub senders: u32,
+    /// Server nodes.
+    pub nodes: u32,
+    /// Generator processes.
+    pub processes: u32,
+    /// Local addresses (1 when none is given: the kernel picks).
+    pub sources: u32,
+}
+
+impl Layout {
+    /// Client `g`'s node.
+    pub fn node_of(&self, g: u32) -> u32 {
+        g % self.nodes
+    }
+
+    /// Client `g`'s generator process.
+    pub fn process_of(&self, g: u32) -> u32 {
+        (g / self.nodes) % self.processes
+    }
+
+    /// Client `g`'s local address.
+    pub fn source_of(&self, g: u32) -> u32 {
+        (g / (self.nodes * self.processes)) % self.sources
+    }
+
+    /// Client `g`'s room.
+    pub fn room_of(&self, g: u32) -> u32 {
+        g / self.room_size
+    }
+
+    /// How many rooms there are.
+    pub fn rooms(&self) -> u32 {
+        self.clients.div_ceil(self.room_size)
+    }
+
+    /// Client `g`'s sender number, if it sends.
+    pub fn sender_of(&self, g: u32) -> Option<u32> {
+        if self.senders == 0 || g >= self.clients {
+            return None;
+        }
+        let (c, s) = (u64::from(self.clients), u64::from(self.senders));
+        // The smallest s with ⌊s × C / S⌋ ≥ g.
+        let sender = (u64::from(g) * s).div_ceil(c);
+        (sender < s && sender * c / s == u64::from(g)).then_some(sender as u32)
+    }
+
+    /// The clients process `p` runs.
+    pub fn clients_of(&self, p: u32) -> impl Iterator<Item = u32> + '_ {
+        (0..self.clients).filter(move |&g| self.process_of(g) == p)
+    }
+}
+
+/// When sender `sender` of `senders` sends its `j`-th message of a step at total rate
+/// `rate` (messages a second) starting at `start_ns`: Unix nanoseconds.
+pub fn send_time_ns(start_ns: u64, rate: f64, senders: u32, sender: u32, j: u64) -> u64 {
+    let k = (j as f64).mul_add(f64::from(senders), f64::from(sender));
+    start_ns + (k * 1e9 / rate) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(clients: u32, senders: u32) -> Layout {
+        Layout {
+            clients,
+            room_size: 5,
+            senders,
+            nodes: 3,
+            processes: 2,
+            sources: 2,
+        }
+    }
+
+    #[test]
+    fn senders_are_spread_and_numbered_once_each() {
+        for (clients, senders) in [(10, 10), (10, 3), (1000, 7), (7, 0), (1, 1), (2000, 1999)] {
+            let l = layout(clients, senders);
+            let numbers: Vec<u32> = (0..clients).filter_map(|g| l.sender_of(g)).collect();
+            assert_eq!(
+                numbers,
+                (0..senders).collect::<Vec<_>>(),
+                "{clients}/{senders}"
+            );
+        }
+        let l = layout(100, 4);
+        let who: Vec<u32> = (0..100).filter(|&g| l.sender_of(g).is_some()).collect();
+        assert_eq!(who, [0, 25, 50, 75]);
+    }
+
+    #[test]
+    fn processes_share_every_node_and_cover_every_client() {
+        let l = layout(60, 60);
+        let mut all: Vec<u32> = (0..2).flat_map(|p| l.clients_of(p)).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..60).collect::<Vec<_>>());
+        for p in 0..2 {
+            for node in 0..3 {
+                let n = l.clients_of(p).filter(|&g| l.node_of(g) == node).count();
+                assert_eq!(n, 10);
+            }
+        }
+        assert_eq!(l.rooms(), 12);
+        assert_eq!(l.room_of(59), 11);
+        assert!((0..60).all(|g| l.source_of(g) < 2));
+    }
+
+    #[test]
+    fn the_schedule_is_evenly_spaced_across_senders() {
+        let mut times: Vec<u64> = (0..4)
+            .flat_map(|s| (0..5).map(move |j| send_time_ns(1_000, 100.0, 4, s, j)))
+            .collect();
+        times.sort_unstable();
+        for (k, t) in times.iter().enumerate() {
+            assert_eq!(*t, 1_000 + k as u64 * 10_000_000);
+        }
+    }
+}
