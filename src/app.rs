@@ -250,6 +250,24 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
     img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \
     form-action 'self'; frame-ancestors 'none'";
 
+/// Connections the kernel queues for `accept` while the node is busy. The default (128) is
+/// overrun when thousands of clients reconnect at once (after a drain elsewhere) and the
+/// overflow costs each of them a one-second SYN retry; the kernel caps it at `somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`, so a restarted node can take its
+/// port back at once.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A header set on every response that does not set its own.
 fn security_header(
     name: header::HeaderName,
@@ -276,9 +294,8 @@ impl Application {
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let bind = config.bind;
         let state = AppState::new(config).await?;
-        let listener = TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("cannot listen on {bind} (CONFAB_BIND)"))?;
+        let listener =
+            listen(bind).with_context(|| format!("cannot listen on {bind} (CONFAB_BIND)"))?;
         let local_addr = listener
             .local_addr()
             .context("cannot read the bound address")?;

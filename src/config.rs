@@ -220,7 +220,12 @@ impl Config {
 
         let from_file = match cli.secret_file.filter(|path| !path.is_empty()) {
             None => None,
-            Some(_) if cli.secret.as_deref().is_some_and(|secret| !secret.is_empty()) => {
+            Some(_)
+                if cli
+                    .secret
+                    .as_deref()
+                    .is_some_and(|secret| !secret.is_empty()) =>
+            {
                 return Err(ConfigError {
                     setting: name("secret_file", "CONFAB_SECRET_FILE"),
                     problem: "cannot be used together with CONFAB_SECRET; set one of them".into(),
@@ -458,8 +463,13 @@ fn default_node_id() -> String {
 
 /// The cookie key from a file, without the line break editors and `echo` leave at its end.
 fn read_secret_file(path: &str) -> Result<String, String> {
-    let content = std::fs::read_to_string(path).map_err(|error| format!("cannot read {path:?}: {error}"))?;
-    Ok(content.trim_end_matches(['\n', '\r']).to_owned())
+    let content =
+        std::fs::read_to_string(path).map_err(|error| format!("cannot read {path:?}: {error}"))?;
+    let secret = content.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(format!("{path:?} is empty"));
+    }
+    Ok(secret.to_owned())
 }
 
 /// IPs and CIDRs, comma-separated; a bare IP is a network of one.
@@ -556,10 +566,30 @@ mod tests {
         let short = dir.join("short");
         std::fs::write(&short, "short\n").unwrap();
         let config = config(&["--secret-file", good.to_str().unwrap()]).unwrap();
-        assert_eq!(config.secret_bytes(), Some(&b"a-secret-from-a-file-of-at-least-32-bytes"[..]));
-        assert_eq!(failing_setting(&["--secret-file", short.to_str().unwrap()]), "--secret-file");
-        assert_eq!(failing_setting(&["--secret-file", "/nonexistent/secret"]), "--secret-file");
-        let both = ["--secret-file", good.to_str().unwrap(), "--secret", "x".repeat(40).leak()];
+        assert_eq!(
+            config.secret_bytes(),
+            Some(&b"a-secret-from-a-file-of-at-least-32-bytes"[..])
+        );
+        assert_eq!(
+            failing_setting(&["--secret-file", short.to_str().unwrap()]),
+            "--secret-file"
+        );
+        assert_eq!(
+            failing_setting(&["--secret-file", "/nonexistent/secret"]),
+            "--secret-file"
+        );
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        assert_eq!(
+            failing_setting(&["--secret-file", empty.to_str().unwrap()]),
+            "--secret-file"
+        );
+        let both = [
+            "--secret-file",
+            good.to_str().unwrap(),
+            "--secret",
+            "x".repeat(40).leak(),
+        ];
         assert_eq!(failing_setting(&both), "--secret-file");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -32,7 +32,7 @@ pub struct Metrics {
     disconnects: IntCounterVec,
     /// Requests, sockets and messages refused, by reason.
     rejected: IntCounterVec,
-    /// Time to publish one frame through the broker (id, history, fan-out).
+    /// Time to publish one chat message through the broker (see its help text).
     pub broker_publish_seconds: Histogram,
     /// 1 when the broker is reachable.
     pub broker_up: IntGauge,

@@ -513,7 +513,11 @@ async fn a_quiet_node_keeps_its_subscription_and_stays_ready() {
     // Several ping periods of the subscription connection, with nothing else going on.
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
-        assert_eq!(a.get("/readyz").await.status(), 200, "readiness never flaps");
+        assert_eq!(
+            a.get("/readyz").await.status(),
+            200,
+            "readiness never flaps"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(a.metric("confab_broker_reconnects_total").await, 0.0);
@@ -536,11 +540,18 @@ async fn a_user_within_the_grace_when_redis_restarts_empty_still_gets_left() {
     .await;
     redis.restart().await;
     let left = observer.recv_within(Duration::from_secs(20)).await;
-    assert_eq!((left["type"].as_str(), left["data"].as_str()), (Some("left"), Some("ann left.")));
+    assert_eq!(
+        (left["type"].as_str(), left["data"].as_str()),
+        (Some("left"), Some("ann left."))
+    );
     b.wait_ready().await;
     let (_, opening) = b.join(&b.sign_in("late").await, "lobby").await;
     assert_eq!(opening.names(), ["late", "observer"], "no ghost of ann");
-    assert_eq!(a.metric("confab_broker_frames_lost_total").await, 0.0, "a new sequence is not a loss");
+    assert_eq!(
+        a.metric("confab_broker_frames_lost_total").await,
+        0.0,
+        "a new sequence is not a loss"
+    );
     assert_eq!(b.metric("confab_broker_frames_lost_total").await, 0.0);
 }
 
@@ -554,4 +565,35 @@ async fn two_live_processes_with_one_node_id_are_reported() {
         std::future::ready(logs.contains("another live process uses this CONFAB_NODE_ID")).await
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departure_due_during_a_long_outage_is_still_announced_after_redis_restarts_empty() {
+    let mut redis = RedisServer::start().await;
+    let grace = Duration::from_secs(2);
+    let a = spawn_node_with(&redis, "node-a", |config| config.chat.leave_grace = grace).await;
+    let b = spawn_node_with(&redis, "node-b", |config| config.chat.leave_grace = grace).await;
+    let (mut observer, _) = b.join(&b.sign_in("observer").await, "lobby").await;
+    let (ann_socket, _) = a.join(&a.sign_in("ann").await, "lobby").await;
+    assert_eq!(observer.recv().await["data"], "ann joined.");
+    ann_socket.close().await;
+    eventually("ann's departure to be pending", || async {
+        redis.command::<u64>(&["ZCARD", "confab:leaving"]).await == 1
+    })
+    .await;
+    redis.kill();
+    // The outage outlasts ann's grace: no sweep could announce her meanwhile.
+    tokio::time::sleep(grace + Duration::from_secs(1)).await;
+    redis.restart().await;
+    let left = observer.recv_within(Duration::from_secs(20)).await;
+    assert_eq!(
+        (left["type"].as_str(), left["data"].as_str()),
+        (Some("left"), Some("ann left."))
+    );
+    observer.send("marker").await;
+    assert_eq!(
+        types(&observer.recv_until_chat("marker").await),
+        ["chat"],
+        "announced once"
+    );
 }

@@ -100,6 +100,9 @@ struct Shared {
     local: Mutex<LocalPresence>,
     /// Redis may not match `local`: re-synchronise at the next chance.
     resync_needed: AtomicBool,
+    /// When the next re-synchronisation must give Redis back the departures it held pending,
+    /// because it lost its data.
+    restore_pending: AtomicBool,
     /// When the next re-synchronisation must announce `join` for users Redis lost, because
     /// other nodes declared this one dead and announced them `left`.
     announce_returns: AtomicBool,
@@ -171,6 +174,7 @@ impl RedisBroker {
             local: Mutex::new(LocalPresence::default()),
             resync_needed: AtomicBool::new(true),
             announce_returns: AtomicBool::new(false),
+            restore_pending: AtomicBool::new(false),
             epoch: Mutex::new(None),
             healthy_since: Mutex::new(None),
         });
@@ -386,8 +390,13 @@ impl Shared {
         let up = self.is_up();
         if self.reported_up.swap(up, Ordering::AcqRel) != up {
             self.metrics.broker_up.set(i64::from(up));
+            let reachable =
+                self.subscribed.load(Ordering::Acquire) && self.commands_ok.load(Ordering::Acquire);
             if up {
                 info!("Redis is reachable; chat is available");
+            } else if reachable {
+                // Only this node's presence is being put right; Redis itself answers.
+                info!("re-synchronising this node's presence with Redis; not ready until done");
             } else {
                 warn!("Redis is unreachable; sends are refused until it answers");
             }
@@ -420,6 +429,7 @@ impl Shared {
         match state.as_str() {
             _ if data_lost => {
                 warn!("Redis lost its data; re-registering this node's users");
+                self.restore_pending.store(true, Ordering::Release);
                 self.resync_needed.store(true, Ordering::Release);
             }
             "intact" => {}
@@ -450,14 +460,14 @@ impl Shared {
         let announce = self.announce_returns.load(Ordering::Acquire);
         let (version, entries) = {
             let local = self.local();
-            // Users with sockets here, then those gone without Redis hearing it or with
-            // their `left` still pending: the latter go in with no sockets, so that Redis,
-            // should it have lost them, lists them again and announces their `left`.
-            let now = Instant::now();
+            // Users with sockets here, then those gone without Redis hearing it, and — when
+            // Redis lost its data — those whose `left` it held pending: the latter two go in
+            // with no sockets, so that Redis lists them again and announces their `left`.
+            let restore = self.restore_pending.load(Ordering::Acquire);
             let pending = local
                 .pending_leaves
                 .iter()
-                .filter(|(_, (_, due))| *due > now)
+                .filter(|_| restore)
                 .map(|(key, (identity, _))| (key, identity));
             let gone = local
                 .departed
@@ -495,8 +505,7 @@ impl Shared {
         let mut local = self.local();
         if local.version == version {
             local.departed.clear();
-            let now = Instant::now();
-            local.pending_leaves.retain(|_, (_, due)| *due > now);
+            self.restore_pending.store(false, Ordering::Release);
             self.resync_needed.store(false, Ordering::Release);
             self.announce_returns.store(false, Ordering::Release);
         }
@@ -564,14 +573,15 @@ impl LocalPresence {
     fn note_pending_leave(&mut self, room: &RoomName, user: &Identity, due: Instant) {
         let key = (room.clone(), user.id().to_owned());
         if !self.entries.contains_key(&key) {
-            // Pruned as they fall due (at each re-synchronisation, and here when many), so
-            // bounded by the users who left within one grace period.
-            if self.pending_leaves.len() >= 10_000 {
-                let now = Instant::now();
-                self.pending_leaves.retain(|_, (_, due)| *due > now);
-            }
             self.pending_leaves.insert(key, (user.clone(), due));
         }
+    }
+
+    /// A sweep that began at `swept_at` succeeded: every departure due by then has been
+    /// announced (or its user came back), so it need not be remembered. What is left is
+    /// bounded by the users who left within one grace period (or during an outage).
+    fn forget_swept(&mut self, swept_at: Instant) {
+        self.pending_leaves.retain(|_, (_, due)| *due > swept_at);
     }
 
     /// Redis could not be told that a socket of `user` closed: if it was the user's last one
@@ -631,7 +641,10 @@ async fn run_maintenance(shared: Arc<Shared>, stop: CancellationToken) {
             next_reap = now + REAP_PERIOD;
             let _ = shared.reap().await;
         }
-        let _ = shared.sweep().await;
+        let swept_at = Instant::now();
+        if shared.sweep().await.is_ok() {
+            shared.local().forget_swept(swept_at);
+        }
     }
 }
 
