@@ -2,43 +2,114 @@
 //! a frame is handed to each of them.
 //!
 //! The broker delivers every frame to [`Hub::dispatch`] exactly once per node, in id order;
-//! the hub gives each socket of the frame's room a shared clone of it (a reference-count bump,
-//! no copy) with a non-blocking `try_send` into the socket's bounded outbound queue. A socket
-//! whose queue is full is a slow consumer: it is dropped from the room and told to close with
-//! 1013, and nobody else waits for it.
+//! the hub pushes a shared clone of it (a reference-count bump, no copy) onto the bounded
+//! outbound queue of each socket in the frame's room, without ever waiting. A socket whose
+//! queue is full is a slow consumer: it is dropped from the room and told to close with 1013,
+//! and nobody else waits for it.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::protocol::{Frame, RoomName, close};
 
-/// Shared between a socket's task and the hub: lets either side ask the socket to close with a
-/// code. The first code asked for wins. Lives as long as the socket.
-#[derive(Debug, Default)]
-pub struct SocketControl {
+/// The link between one socket's task and everything that talks to it: its bounded outbound
+/// queue (filled by the hub and the socket's own reader, drained by its writer), its close
+/// request, and when the peer was last heard from. Shared through an `Arc` by the socket's
+/// tasks and its hub entry; dropped with the socket.
+///
+/// The queue is a `VecDeque` under a mutex rather than a channel: it takes no memory while
+/// empty (an idle socket is cheap), and the writer takes everything queued in one swap.
+#[derive(Debug)]
+pub struct SocketLink {
+    queue: Mutex<VecDeque<Frame>>,
+    capacity: usize,
+    queued: Notify,
     close_code: AtomicU16,
-    closed: CancellationToken,
+    closing: AtomicBool,
+    closed: Notify,
+    opened: Instant,
+    last_seen_ms: AtomicU64,
 }
 
-impl SocketControl {
+/// The socket's outbound queue is full: it is a slow consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+impl SocketLink {
+    /// A link whose queue holds at most `capacity` frames.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            capacity,
+            queued: Notify::new(),
+            close_code: AtomicU16::new(0),
+            closing: AtomicBool::new(false),
+            closed: Notify::new(),
+            opened: Instant::now(),
+            last_seen_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Frame>> {
+        // Held for a push or a swap only; nothing in them panics.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `frame` for the writer, without waiting.
+    ///
+    /// # Errors
+    /// [`QueueFull`] when the queue holds its capacity already; the frame is dropped.
+    pub fn push(&self, frame: Frame) -> Result<(), QueueFull> {
+        let mut queue = self.lock();
+        if queue.len() >= self.capacity {
+            return Err(QueueFull);
+        }
+        let was_empty = queue.is_empty();
+        queue.push_back(frame);
+        drop(queue);
+        // A non-empty queue means the writer was told already and has not taken it yet.
+        if was_empty {
+            self.queued.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Swaps everything queued into `batch` (which must be empty), leaving `batch`'s spare
+    /// capacity to the queue: no allocation in steady state.
+    pub fn take_queued(&self, batch: &mut VecDeque<Frame>) {
+        debug_assert!(batch.is_empty());
+        std::mem::swap(&mut *self.lock(), batch);
+    }
+
+    /// Completes when something may have been queued since the last [`SocketLink::take_queued`].
+    pub async fn queued(&self) {
+        self.queued.notified().await;
+    }
+
     /// Asks the socket to close with `code`. Returns whether this call decided the code.
     pub fn close(&self, code: u16) -> bool {
         let decided = self
             .close_code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
-        self.closed.cancel();
+        self.stop();
         decided
     }
 
     /// The peer closed (or vanished): stop the socket without sending a close of our own.
     pub fn peer_closed(&self) {
-        self.closed.cancel();
+        self.stop();
+    }
+
+    fn stop(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.closed.notify_waiters();
     }
 
     /// The code the socket was asked to close with, if any.
@@ -51,20 +122,39 @@ impl SocketControl {
 
     /// Completes once a close was asked for, by either side.
     pub async fn closed(&self) {
-        self.closed.cancelled().await;
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is read, so a close in between is not missed.
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether a close was asked for.
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Records that something (any frame, a pong included) came from the peer now.
+    pub fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_seen_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the peer will have been silent for `timeout`.
+    pub fn silent_until(&self, timeout: Duration) -> Instant {
+        self.opened + Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed)) + timeout
     }
 }
 
 /// One socket's entry in a room.
 struct Subscriber {
     key: u64,
-    outbound_tx: mpsc::Sender<Frame>,
-    control: Arc<SocketControl>,
+    link: Arc<SocketLink>,
 }
 
 /// The rooms of this node and their sockets. One per node, shared by the broker (which calls
@@ -86,22 +176,13 @@ impl Hub {
     }
 
     /// Adds a socket to `room`: from now on every frame dispatched to the room is queued on
-    /// `outbound_tx`. The socket leaves the room when the returned [`Registration`] drops.
-    pub fn register(
-        self: &Arc<Self>,
-        room: &RoomName,
-        outbound_tx: mpsc::Sender<Frame>,
-        control: Arc<SocketControl>,
-    ) -> Registration {
+    /// its `link`. The socket leaves the room when the returned [`Registration`] drops.
+    pub fn register(self: &Arc<Self>, room: &RoomName, link: Arc<SocketLink>) -> Registration {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         self.lock()
             .entry(room.clone())
             .or_default()
-            .push(Subscriber {
-                key,
-                outbound_tx,
-                control,
-            });
+            .push(Subscriber { key, link });
         Registration {
             hub: Arc::clone(self),
             room: room.clone(),
@@ -116,18 +197,22 @@ impl Hub {
         let Some(subscribers) = rooms.get_mut(room) else {
             return;
         };
-        subscribers.retain(
-            |subscriber| match subscriber.outbound_tx.try_send(frame.clone()) {
+        subscribers.retain(|subscriber| {
+            let link = &subscriber.link;
+            if link.is_closed() {
+                // Closing: it takes no more frames, and its task will unregister it.
+                return false;
+            }
+            match link.push(frame.clone()) {
                 Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    if subscriber.control.close(close::TRY_AGAIN_LATER) {
+                Err(QueueFull) => {
+                    if link.close(close::TRY_AGAIN_LATER) {
                         self.metrics.slow_consumers.inc();
                     }
                     false
                 }
-                Err(TrySendError::Closed(_)) => false,
-            },
-        );
+            }
+        });
         if subscribers.is_empty() {
             rooms.remove(room);
         }
@@ -138,7 +223,7 @@ impl Hub {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Vec<Subscriber>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<RoomName, Vec<Subscriber>>> {
         // The lock is never held across an await or a call that can panic, so it cannot be
         // poisoned; if it somehow were, the map is still consistent and usable.
         self.rooms
@@ -178,48 +263,55 @@ mod tests {
         Arc::new(Hub::new(Metrics::new("test")))
     }
 
+    fn link(capacity: usize) -> Arc<SocketLink> {
+        Arc::new(SocketLink::new(capacity))
+    }
+
+    fn queued_ids(link: &SocketLink) -> Vec<u64> {
+        let mut batch = VecDeque::new();
+        link.take_queued(&mut batch);
+        batch.iter().map(Frame::id).collect()
+    }
+
     #[test]
     fn a_frame_reaches_every_socket_of_its_room_and_no_other() {
         let hub = hub();
         let lobby = RoomName::lobby();
         let other = RoomName::parse("other").unwrap();
-        let (a_tx, mut a_rx) = mpsc::channel(4);
-        let (b_tx, mut b_rx) = mpsc::channel(4);
-        let (c_tx, mut c_rx) = mpsc::channel(4);
-        let _a = hub.register(&lobby, a_tx, Arc::default());
-        let _b = hub.register(&lobby, b_tx, Arc::default());
-        let _c = hub.register(&other, c_tx, Arc::default());
+        let (a, b, c) = (link(4), link(4), link(4));
+        let _a = hub.register(&lobby, a.clone());
+        let _b = hub.register(&lobby, b.clone());
+        let _c = hub.register(&other, c.clone());
         hub.dispatch("lobby", &Frame::new(1, "one"));
-        assert_eq!(a_rx.try_recv().unwrap().id(), 1);
-        assert_eq!(b_rx.try_recv().unwrap().id(), 1);
-        assert!(c_rx.try_recv().is_err());
+        assert_eq!(queued_ids(&a), [1]);
+        assert_eq!(queued_ids(&b), [1]);
+        assert!(queued_ids(&c).is_empty());
     }
 
     #[test]
     fn a_full_queue_closes_only_that_socket_with_1013() {
         let hub = hub();
         let lobby = RoomName::lobby();
-        let (slow_tx, _slow_rx) = mpsc::channel(1);
-        let (fast_tx, mut fast_rx) = mpsc::channel(8);
-        let slow_control = Arc::new(SocketControl::default());
-        let _slow = hub.register(&lobby, slow_tx, slow_control.clone());
-        let _fast = hub.register(&lobby, fast_tx, Arc::default());
+        let (slow, fast) = (link(1), link(8));
+        let _slow = hub.register(&lobby, slow.clone());
+        let _fast = hub.register(&lobby, fast.clone());
         for id in 1..=3 {
             hub.dispatch("lobby", &Frame::new(id, "x"));
         }
-        assert_eq!(slow_control.close_code(), Some(close::TRY_AGAIN_LATER));
+        assert_eq!(slow.close_code(), Some(close::TRY_AGAIN_LATER));
         assert_eq!(hub.metrics.slow_consumers.get(), 1);
-        let received: Vec<u64> = std::iter::from_fn(|| fast_rx.try_recv().ok())
-            .map(|f| f.id())
-            .collect();
-        assert_eq!(received, [1, 2, 3]);
+        assert_eq!(queued_ids(&fast), [1, 2, 3]);
+        assert_eq!(
+            queued_ids(&slow),
+            [1],
+            "what fitted is still there for the close"
+        );
     }
 
     #[test]
     fn rooms_are_forgotten_when_their_last_socket_goes() {
         let hub = hub();
-        let (tx, _rx) = mpsc::channel(1);
-        let registration = hub.register(&RoomName::lobby(), tx, Arc::default());
+        let registration = hub.register(&RoomName::lobby(), link(1));
         assert_eq!(hub.room_count(), 1);
         drop(registration);
         assert_eq!(hub.room_count(), 0);
@@ -227,10 +319,48 @@ mod tests {
 
     #[test]
     fn the_first_close_code_wins() {
-        let control = SocketControl::default();
-        assert!(control.close(close::SERVICE_RESTART));
-        assert!(!control.close(close::TRY_AGAIN_LATER));
-        assert_eq!(control.close_code(), Some(close::SERVICE_RESTART));
-        assert!(control.is_closed());
+        let link = SocketLink::new(1);
+        assert!(link.close(close::SERVICE_RESTART));
+        assert!(!link.close(close::TRY_AGAIN_LATER));
+        assert_eq!(link.close_code(), Some(close::SERVICE_RESTART));
+        assert!(link.is_closed());
+    }
+
+    #[test]
+    fn an_idle_link_holds_no_queue_memory_and_reuses_its_buffers() {
+        let link = SocketLink::new(8);
+        assert_eq!(
+            link.lock().capacity(),
+            0,
+            "nothing allocated while nothing was queued"
+        );
+        let mut batch = VecDeque::new();
+        link.push(Frame::new(1, "x")).unwrap();
+        link.take_queued(&mut batch);
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        link.push(Frame::new(2, "y")).unwrap();
+        link.take_queued(&mut batch);
+        assert_eq!(batch.iter().map(Frame::id).collect::<Vec<_>>(), [2]);
+        assert!(
+            link.lock().capacity() >= 1,
+            "the writer's emptied buffer went back to the queue"
+        );
+    }
+
+    #[tokio::test]
+    async fn closed_completes_for_a_close_before_or_during_the_wait() {
+        let link = Arc::new(SocketLink::new(1));
+        let waiter = tokio::spawn({
+            let link = link.clone();
+            async move { link.closed().await }
+        });
+        tokio::task::yield_now().await;
+        link.peer_closed();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        link.closed().await;
     }
 }

@@ -80,9 +80,13 @@ impl User {
 }
 
 /// A user together with its JSON, serialized once when a socket opens and embedded, unparsed,
-/// in every frame the socket causes. Shared by the socket task, presence and history.
+/// in every frame the socket causes. Shared by the socket task, presence and history: cloning
+/// is one reference-count bump.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub struct Identity(Arc<IdentityInner>);
+
+#[derive(Debug)]
+struct IdentityInner {
     user: User,
     json: Arc<RawValue>,
 }
@@ -92,25 +96,25 @@ impl Identity {
     pub fn new(user: User) -> Self {
         // A struct of three strings always serializes to valid JSON.
         let json = serde_json::value::to_raw_value(&user).expect("user serializes");
-        Self {
+        Self(Arc::new(IdentityInner {
             user,
             json: Arc::from(json),
-        }
+        }))
     }
 
     /// The user.
     pub fn user(&self) -> &User {
-        &self.user
+        &self.0.user
     }
 
     /// The user's id.
     pub fn id(&self) -> &str {
-        &self.user.id
+        &self.0.user.id
     }
 
     /// The user as JSON, shared.
     pub fn json(&self) -> &Arc<RawValue> {
-        &self.json
+        &self.0.json
     }
 }
 

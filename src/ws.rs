@@ -11,25 +11,25 @@
 //! The loop is generic over `Sink`/`Stream`, so tests drive it through channels with tokio's
 //! paused clock (heartbeats, idle timeout) as well as through real sockets.
 
+use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
 
 use crate::app::{AppState, ConnectionSlot};
 use crate::broker::Broker;
 use crate::client::ClientInfo;
-use crate::hub::SocketControl;
+use crate::hub::SocketLink;
 use crate::limits::{SocketLimitExceeded, SocketLimits, SocketPermit};
 use crate::metrics::{Metrics, Rejection};
 use crate::protocol::{
@@ -56,7 +56,7 @@ pub const WRITE_STALL_TIMEOUT: Duration = IDLE_TIMEOUT;
 const WRITE_BATCH: usize = 512;
 /// The read buffer each socket starts with. Chat frames are small; a larger message grows
 /// it as needed, up to [`MAX_CLIENT_MESSAGE_BYTES`].
-const READ_BUFFER_BYTES: usize = 1024;
+const READ_BUFFER_BYTES: usize = 256;
 /// How much the writer buffers before it writes without being asked to flush.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
@@ -138,12 +138,13 @@ pub async fn upgrade_socket(
         )
             .into_response();
     };
-    let opening = Opening::new(
+    // Boxed: the upgrade task keeps its captures for the socket's whole life.
+    let opening = Box::new(Opening::new(
         state.cookies.identify(&headers),
         params,
         &state.socket_limits,
         &client,
-    );
+    ));
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
@@ -151,117 +152,137 @@ pub async fn upgrade_socket(
         .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
         .on_upgrade(move |socket| {
             let sockets = state.sockets.clone();
-            sockets.track_future(run_connection(socket, state, opening, slot))
+            sockets.track_future(run_connection(socket, state, *opening, slot))
         })
 }
 
-/// When the last frame came from the peer, in milliseconds since the socket opened; written by
-/// the reader, read by the writer's idle check.
-struct Liveness {
-    opened: Instant,
-    last_seen_ms: AtomicU64,
+/// Why a socket was refused once open, and how it is told.
+struct Refusal {
+    code: u16,
+    reason: &'static str,
+    rejection: Rejection,
 }
 
-impl Liveness {
-    fn new() -> Self {
-        Self {
-            opened: Instant::now(),
-            last_seen_ms: AtomicU64::new(0),
-        }
-    }
+/// A socket that passed every check after the upgrade.
+struct Accepted {
+    user: Identity,
+    room: RoomName,
+    since: Option<u64>,
+    permit: Option<SocketPermit>,
+}
 
-    fn touch(&self) {
-        let ms = self.opened.elapsed().as_millis() as u64;
-        self.last_seen_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn silent_until(&self) -> Instant {
-        self.opened
-            + Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed))
-            + IDLE_TIMEOUT
+impl Opening {
+    /// The checks after the upgrade, in the order the page expects their codes.
+    fn check(self) -> Result<Accepted, Refusal> {
+        let refuse = |code, rejection| Refusal {
+            code,
+            reason: close::reason(code),
+            rejection,
+        };
+        let user = self
+            .user
+            .ok_or_else(|| refuse(close::INVALID_USER, Rejection::InvalidUser))?;
+        let room = self
+            .room
+            .map_err(|_| refuse(close::INVALID_ROOM, Rejection::InvalidRoom))?;
+        let since = self
+            .since
+            .map_err(|()| refuse(close::INVALID_SINCE, Rejection::InvalidSince))?;
+        let permit = match self.permit {
+            None => None,
+            Some(Ok(permit)) => Some(permit),
+            Some(Err(SocketLimitExceeded::PerUser)) => {
+                return Err(Refusal {
+                    code: close::POLICY_VIOLATION,
+                    reason: "Too many connections for this user",
+                    rejection: Rejection::TooManySocketsForUser,
+                });
+            }
+            Some(Err(SocketLimitExceeded::PerAddress)) => {
+                return Err(Refusal {
+                    code: close::POLICY_VIOLATION,
+                    reason: "Too many connections from this address",
+                    rejection: Rejection::TooManySocketsFromAddress,
+                });
+            }
+        };
+        Ok(Accepted {
+            user,
+            room,
+            since,
+            permit,
+        })
     }
 }
 
 /// Runs one socket: the checks after the upgrade, the join, the reader loop, and cleanup.
 ///
 /// Every way out counts the close in `confab_disconnects_total` and, once the socket joined,
-/// leaves the room through the broker.
-pub async fn run_connection<S, E>(
+/// leaves the room through the broker. Not an `async fn`: the checks run here, before any
+/// future exists, so the returned future carries only what the socket's life needs — an idle
+/// socket's task stays small (see BENCHMARKS.md).
+pub fn run_connection<S, E>(
     socket: S,
     state: AppState,
     opening: Opening,
     slot: ConnectionSlot,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Send + 'static,
     E: StdError + Send + Sync + 'static,
 {
-    let (mut sink, mut stream) = socket.split();
-    let refusal = match (
-        &opening.user,
-        &opening.room,
-        &opening.since,
-        &opening.permit,
-    ) {
-        (None, ..) => Some((
-            close::INVALID_USER,
-            close::reason(close::INVALID_USER),
-            Rejection::InvalidUser,
-        )),
-        (_, Err(_), ..) => Some((
-            close::INVALID_ROOM,
-            close::reason(close::INVALID_ROOM),
-            Rejection::InvalidRoom,
-        )),
-        (_, _, Err(()), _) => Some((
-            close::INVALID_SINCE,
-            close::reason(close::INVALID_SINCE),
-            Rejection::InvalidSince,
-        )),
-        (.., Some(Err(SocketLimitExceeded::PerUser))) => Some((
-            close::POLICY_VIOLATION,
-            "Too many connections for this user",
-            Rejection::TooManySocketsForUser,
-        )),
-        (.., Some(Err(SocketLimitExceeded::PerAddress))) => Some((
-            close::POLICY_VIOLATION,
-            "Too many connections from this address",
-            Rejection::TooManySocketsFromAddress,
-        )),
-        _ => None,
-    };
-    if let Some((code, reason, rejection)) = refusal {
-        state.metrics.reject(rejection);
-        state.metrics.disconnect(code);
-        let close = Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        }));
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close)).await;
-        drop(slot);
-        return;
+    let (sink, stream) = socket.split();
+    match opening.check() {
+        Err(refusal) => Either::Left(refuse(sink, state, refusal, slot)),
+        Ok(accepted) => {
+            let span = info_span!("socket", room.id = %accepted.room, user.id = %accepted.user.id(), conn.id = slot.id());
+            Either::Right(serve(sink, stream, state, accepted, slot).instrument(span))
+        }
     }
-    let (Some(user), Ok(room), Ok(since), permit) =
-        (opening.user, opening.room, opening.since, opening.permit)
-    else {
-        unreachable!("refusals were handled above");
-    };
+}
 
-    let span = info_span!("socket", room.id = %room, user.id = %user.id(), conn.id = slot.id());
+/// Closes a refused socket with its code and reason, and counts it.
+async fn refuse<W, E>(mut sink: W, state: AppState, refusal: Refusal, slot: ConnectionSlot)
+where
+    W: Sink<Message, Error = E> + Unpin,
+{
+    state.metrics.reject(refusal.rejection);
+    state.metrics.disconnect(refusal.code);
+    let close = Message::Close(Some(CloseFrame {
+        code: refusal.code,
+        reason: Utf8Bytes::from_static(refusal.reason),
+    }));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close)).await;
+    drop(slot);
+}
+
+/// An accepted socket, from its join to its leave. (Not an `async fn`, which would keep a
+/// second copy of its arguments in the socket's task.)
+#[expect(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
+fn serve<W, R, E>(
+    sink: W,
+    mut stream: R,
+    state: AppState,
+    accepted: Accepted,
+    slot: ConnectionSlot,
+) -> impl Future<Output = ()> + Send
+where
+    W: Sink<Message, Error = E> + Send + Unpin + 'static,
+    R: Stream<Item = Result<Message, E>> + Send + Unpin,
+    E: StdError + Send + Sync + 'static,
+{
     async move {
         let connection = Connection {
             state: &state,
-            room: &room,
-            user: &user,
-            control: Arc::new(SocketControl::default()),
-            liveness: Arc::new(Liveness::new()),
+            room: &accepted.room,
+            user: &accepted.user,
+            link: Arc::new(SocketLink::new(OUTBOUND_QUEUE_FRAMES)),
         };
-        let code = connection.run(sink, &mut stream, since).await;
+        let code = connection.run(sink, &mut stream, accepted.since).await;
         state.metrics.disconnect(code);
         debug!(close.code = code, "socket closed");
-        drop((slot, permit));
+        drop((slot, accepted.permit));
     }
-    .instrument(span)
-    .await;
 }
 
 /// The parts of one open socket that its reader and cleanup share.
@@ -269,13 +290,12 @@ struct Connection<'a> {
     state: &'a AppState,
     room: &'a RoomName,
     user: &'a Identity,
-    control: Arc<SocketControl>,
-    liveness: Arc<Liveness>,
+    link: Arc<SocketLink>,
 }
 
 impl Connection<'_> {
     /// Joins, reads until either side closes, and leaves. Returns the close code to count.
-    async fn run<W, R, E>(&self, mut sink: W, stream: &mut R, since: Option<u64>) -> u16
+    async fn run<W, R, E>(&self, sink: W, stream: &mut R, since: Option<u64>) -> u16
     where
         W: Sink<Message, Error = E> + Send + Unpin + 'static,
         R: Stream<Item = Result<Message, E>> + Unpin,
@@ -284,25 +304,50 @@ impl Connection<'_> {
         let state = self.state;
         // Registered before the snapshot is taken: every frame after the snapshot reaches the
         // queue, and the writer drops the ones the snapshot already covers.
-        let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE_FRAMES);
-        let registration = state
-            .hub
-            .register(self.room, outbound_tx.clone(), self.control.clone());
+        let registration = state.hub.register(self.room, self.link.clone());
+        // Boxed: joining happens once, and its future should not weigh on the socket's task
+        // for the rest of the socket's life.
+        let writer = match Box::pin(self.join(sink, since)).await {
+            Ok(writer) => writer,
+            Err(code) => return code,
+        };
+        let peer_code = self.read(stream).await;
+        if peer_code.is_some() {
+            // The peer went first: the writer flushes the close reply the WebSocket layer
+            // queued, and stops.
+            self.link.peer_closed();
+        }
+        let _ = writer.await;
+        drop(registration);
+        // Once, at the end: boxed for the same reason as the join.
+        Box::pin(self.finish(stream, peer_code)).await
+    }
+
+    /// Joins the room through the broker and starts the writer with the opening (history,
+    /// then `list`). Returns the close code when the broker is unavailable.
+    async fn join<W, E>(
+        &self,
+        mut sink: W,
+        since: Option<u64>,
+    ) -> Result<tokio::task::JoinHandle<()>, u16>
+    where
+        W: Sink<Message, Error = E> + Send + Unpin + 'static,
+        E: StdError + Send + Sync + 'static,
+    {
+        let state = self.state;
         let snapshot = match state.broker.join(self.room, self.user, since).await {
             Ok(snapshot) => snapshot,
             Err(error) => {
                 // Redis outages are logged once by the broker; per-socket detail is debug.
                 debug!(%error, "cannot join: broker unavailable");
-                drop(registration);
                 let _ = tokio::time::timeout(
                     CLOSE_TIMEOUT,
                     sink.send(close_message(close::TRY_AGAIN_LATER)),
                 )
                 .await;
-                return close::TRY_AGAIN_LATER;
+                return Err(close::TRY_AGAIN_LATER);
             }
         };
-
         let list_id = snapshot
             .history
             .last()
@@ -319,21 +364,21 @@ impl Connection<'_> {
         let mut opening = snapshot.history;
         opening.push(list);
         let writer = Writer {
-            outbound_rx,
+            sink,
+            link: self.link.clone(),
             cutoff: snapshot.seen_up_to.max(since.unwrap_or(0)),
-            control: self.control.clone(),
-            liveness: self.liveness.clone(),
             state: state.clone(),
+            batch: VecDeque::new(),
         };
-        let writer = tokio::spawn(writer.run(sink, opening));
+        Ok(tokio::spawn(writer.run(opening)))
+    }
 
-        let peer_code = self.read(stream, &outbound_tx).await;
-        if peer_code.is_some() {
-            // The peer went first: the writer flushes the close reply the WebSocket layer
-            // queued, and stops.
-            self.control.peer_closed();
-        }
-        let _ = writer.await;
+    /// After both halves stopped: waits for the peer's answer to our close frame (if we sent
+    /// one), leaves the room, and returns the close code to count.
+    async fn finish<R, E>(&self, stream: &mut R, peer_code: Option<u16>) -> u16
+    where
+        R: Stream<Item = Result<Message, E>> + Unpin,
+    {
         if peer_code.is_none() {
             // We sent a close frame: give the peer a moment to answer it, so it ends cleanly.
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -345,17 +390,16 @@ impl Connection<'_> {
             })
             .await;
         }
-        drop(registration);
-        state.broker.leave(self.room, self.user).await;
+        self.state.broker.leave(self.room, self.user).await;
         match peer_code {
             Some(code) => code,
-            None => self.control.close_code().unwrap_or(close::NORMAL),
+            None => self.link.close_code().unwrap_or(close::NORMAL),
         }
     }
 
     /// Reads until the peer goes or the server closes. Returns the peer's close code when the
     /// peer ended the socket (1006 when it just vanished), `None` when the server did.
-    async fn read<R, E>(&self, stream: &mut R, outbound_tx: &mpsc::Sender<Frame>) -> Option<u16>
+    async fn read<R, E>(&self, stream: &mut R) -> Option<u16>
     where
         R: Stream<Item = Result<Message, E>> + Unpin,
         E: StdError + Send + Sync + 'static,
@@ -365,15 +409,15 @@ impl Connection<'_> {
         loop {
             let next = tokio::select! {
                 biased;
-                () = self.control.closed() => return None,
+                () = self.link.closed() => return None,
                 next = stream.next() => next,
             };
-            self.liveness.touch();
+            self.link.touch();
             match next {
                 None => return Some(close::ABNORMAL),
                 Some(Err(error)) if is_too_big(&error) => {
                     metrics.reject(Rejection::MessageTooBig);
-                    self.control.close(close::MESSAGE_TOO_BIG);
+                    self.link.close(close::MESSAGE_TOO_BIG);
                     return None;
                 }
                 Some(Err(error)) => {
@@ -385,12 +429,12 @@ impl Connection<'_> {
                         Incoming::Chat(ChatText::Empty) | Incoming::Control => {}
                         Incoming::Chat(checked) => {
                             if let Some(code) = self.take_chat(checked, &mut bucket).await {
-                                self.send_error(outbound_tx, code);
+                                self.send_error(code);
                             }
                         }
                         Incoming::Binary => {
                             metrics.reject(Rejection::BinaryFrame);
-                            self.control.close(close::UNSUPPORTED_DATA);
+                            self.link.close(close::UNSUPPORTED_DATA);
                             return None;
                         }
                         Incoming::Close(code) => return Some(code),
@@ -434,9 +478,8 @@ impl Connection<'_> {
     }
 
     /// Queues an `error` frame for this socket only; a full queue makes it a slow consumer.
-    fn send_error(&self, outbound_tx: &mpsc::Sender<Frame>, code: ErrorCode) {
-        if outbound_tx.try_send(code.frame()).is_err() && self.control.close(close::TRY_AGAIN_LATER)
-        {
+    fn send_error(&self, code: ErrorCode) {
+        if self.link.push(code.frame()).is_err() && self.link.close(close::TRY_AGAIN_LATER) {
             self.state.metrics.slow_consumers.inc();
         }
     }
@@ -458,17 +501,17 @@ fn is_too_big(error: &(dyn StdError + 'static)) -> bool {
 /// [`WRITE_STALL_TIMEOUT`] (the client stopped reading: a slow consumer). Abandoning a write
 /// half-way is safe: the WebSocket layer keeps what it buffered, and the socket is closing.
 async fn until_closed<T>(
-    control: &SocketControl,
+    link: &SocketLink,
     metrics: &Metrics,
     work: impl Future<Output = T>,
 ) -> Option<T> {
     tokio::select! {
         biased;
-        () = control.closed() => None,
+        () = link.closed() => None,
         output = tokio::time::timeout(WRITE_STALL_TIMEOUT, work) => match output {
             Ok(output) => Some(output),
             Err(_) => {
-                if control.close(close::TRY_AGAIN_LATER) {
+                if link.close(close::TRY_AGAIN_LATER) {
                     metrics.slow_consumers.inc();
                 }
                 None
@@ -477,25 +520,107 @@ async fn until_closed<T>(
     }
 }
 
-/// The sending half of one socket, run as its own task.
-struct Writer {
-    outbound_rx: mpsc::Receiver<Frame>,
-    /// Live frames at or below this id are covered by the opening history (or `since`).
-    cutoff: u64,
-    control: Arc<SocketControl>,
-    liveness: Arc<Liveness>,
-    /// For the drain signal and its spread (read when the drain starts), and the metrics.
-    state: AppState,
+/// Runs the write `work` unless the socket is asked to close first or `stall` (the writer's
+/// timer, set to the write-stall deadline) fires: then the client stopped reading, and the
+/// socket is closed as a slow consumer. Returns whether the socket is still open.
+async fn finish_write<E>(
+    link: &SocketLink,
+    metrics: &Metrics,
+    work: impl Future<Output = Result<(), E>>,
+    stall: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> bool {
+    tokio::select! {
+        biased;
+        () = link.closed() => false,
+        () = stall => {
+            if link.close(close::TRY_AGAIN_LATER) {
+                metrics.slow_consumers.inc();
+            }
+            false
+        }
+        written = work => match written {
+            Ok(()) => true,
+            Err(_) => {
+                link.close(close::ABNORMAL);
+                false
+            }
+        },
+    }
 }
 
-impl Writer {
-    async fn run<W, E>(mut self, mut sink: W, opening: Vec<Frame>)
-    where
-        W: Sink<Message, Error = E> + Unpin,
-    {
+/// Writes everything queued on `link` (and whatever arrives meanwhile, up to
+/// [`WRITE_BATCH`]), then flushes once: a burst of frames becomes one write to the network.
+/// Frames at or below `cutoff` are covered by the opening and skipped.
+async fn write_queued<W, E>(
+    sink: &mut W,
+    link: &SocketLink,
+    batch: &mut VecDeque<Frame>,
+    cutoff: u64,
+    metrics: &Metrics,
+) -> Result<(), E>
+where
+    W: Sink<Message, Error = E> + Unpin,
+{
+    let mut written = 0;
+    loop {
+        link.take_queued(batch);
+        if batch.is_empty() {
+            break;
+        }
+        while let Some(frame) = batch.pop_front() {
+            if frame.id() == 0 || frame.id() > cutoff {
+                sink.feed(frame.to_message()).await?;
+                written += 1;
+            }
+        }
+        if written >= WRITE_BATCH {
+            break;
+        }
+    }
+    sink.flush().await?;
+    metrics.messages_delivered.inc_by(written as u64);
+    // A burst grew the buffers; an idle socket should not keep them.
+    if batch.capacity() > 64 && written < 16 {
+        batch.shrink_to(16);
+    }
+    Ok(())
+}
+
+/// The sending half of one socket, run as its own task.
+struct Writer<W> {
+    sink: W,
+    link: Arc<SocketLink>,
+    /// Live frames at or below this id are covered by the opening history (or `since`).
+    cutoff: u64,
+    /// For the drain signal and its spread (read when the drain starts), and the metrics.
+    state: AppState,
+    /// Frames taken from the queue, being written; swapped with the queue's buffer, so in
+    /// steady state nothing is allocated.
+    batch: VecDeque<Frame>,
+}
+
+impl<W, E> Writer<W>
+where
+    W: Sink<Message, Error = E> + Unpin + Send,
+{
+    /// Writes the opening, then queued frames and pings until the socket closes, then the
+    /// close frame. Not an `async fn`, which would keep a second copy of `self` in the task;
+    /// the one-time steps are boxed, so the task is sized by the live loop alone.
+    #[expect(clippy::manual_async_fn, reason = "an async fn would store `self` twice")]
+    fn run(mut self, opening: Vec<Frame>) -> impl Future<Output = ()> + Send {
+        async move {
+            if Box::pin(self.write_opening(opening)).await {
+                self.live().await;
+            }
+            Box::pin(self.close()).await;
+        }
+    }
+
+    /// Writes history and `list`. Returns whether the socket is still open.
+    async fn write_opening(&mut self, opening: Vec<Frame>) -> bool {
         let written = opening.len() as u64;
-        let metrics = self.state.metrics.clone();
-        let wrote = until_closed(&self.control, &metrics, async {
+        let sink = &mut self.sink;
+        let wrote = until_closed(&self.link, &self.state.metrics, async {
             for frame in &opening {
                 sink.feed(frame.to_message()).await?;
             }
@@ -503,115 +628,94 @@ impl Writer {
         })
         .await;
         match wrote {
-            Some(Ok(())) => metrics.messages_delivered.inc_by(written),
-            Some(Err(_)) => {
-                self.control.close(close::ABNORMAL);
-                return;
+            Some(Ok(())) => {
+                self.state.metrics.messages_delivered.inc_by(written);
+                true
             }
-            None => return self.close(&mut sink).await,
+            Some(Err(_)) => {
+                self.link.close(close::ABNORMAL);
+                false
+            }
+            None => false,
         }
-        drop(opening);
+    }
 
-        let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
-        let idle_check = tokio::time::sleep_until(self.liveness.silent_until());
-        tokio::pin!(idle_check);
-        let drain = tokio::time::sleep(Duration::MAX);
-        tokio::pin!(drain);
-        let mut draining = false;
+    /// The live loop: queued frames, pings, the idle check and the drain, all on one timer.
+    async fn live(&mut self) {
+        let mut next_ping = Instant::now() + PING_INTERVAL;
+        let mut drain_at: Option<Instant> = None;
+        let timer = tokio::time::sleep_until(next_ping.min(self.link.silent_until(IDLE_TIMEOUT)));
+        tokio::pin!(timer);
         loop {
             tokio::select! {
                 biased;
-                () = self.control.closed() => break,
-                () = self.state.shutdown.cancelled(), if !draining => {
-                    draining = true;
+                () = self.link.closed() => return,
+                () = self.state.shutdown.cancelled(), if drain_at.is_none() => {
                     let delay = self.state.drain_spread().mul_f64(rand::random::<f64>());
-                    drain.as_mut().reset(Instant::now() + delay);
+                    drain_at = Some(Instant::now() + delay);
                 }
-                () = &mut drain, if draining => {
-                    self.control.close(close::SERVICE_RESTART);
-                    break;
-                }
-                () = &mut idle_check => {
-                    let silent_until = self.liveness.silent_until();
-                    if Instant::now() >= silent_until {
-                        self.control.close(close::GOING_AWAY);
-                        break;
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if drain_at.is_some_and(|at| now >= at) {
+                        self.link.close(close::SERVICE_RESTART);
+                        return;
                     }
-                    idle_check.as_mut().reset(silent_until);
-                }
-                _ = ping.tick() => {
-                    let pinged = until_closed(&self.control, &metrics, sink.send(Message::Ping(Default::default()))).await;
-                    if pinged.is_none_or(|sent| sent.is_err()) {
-                        break;
+                    if now >= self.link.silent_until(IDLE_TIMEOUT) {
+                        self.link.close(close::GOING_AWAY);
+                        return;
                     }
-                }
-                frame = self.outbound_rx.recv() => {
-                    let Some(frame) = frame else { break };
-                    let control = self.control.clone();
-                    match until_closed(&control, &metrics, self.write_batch(&mut sink, frame)).await {
-                        Some(Ok(())) => {}
-                        Some(Err(_)) => {
-                            self.control.close(close::ABNORMAL);
-                            break;
+                    if now >= next_ping {
+                        next_ping = now + PING_INTERVAL;
+                        // The timer doubles as the write-stall deadline while writing.
+                        timer.as_mut().reset(now + WRITE_STALL_TIMEOUT);
+                        let ping = self.sink.send(Message::Ping(Default::default()));
+                        if !finish_write(&self.link, &self.state.metrics, ping, timer.as_mut()).await {
+                            return;
                         }
-                        None => break,
+                    }
+                }
+                () = self.link.queued() => {
+                    timer.as_mut().reset(Instant::now() + WRITE_STALL_TIMEOUT);
+                    let write = write_queued(&mut self.sink, &self.link, &mut self.batch, self.cutoff, &self.state.metrics);
+                    if !finish_write(&self.link, &self.state.metrics, write, timer.as_mut()).await {
+                        return;
                     }
                 }
             }
+            let next = next_ping.min(self.link.silent_until(IDLE_TIMEOUT));
+            timer
+                .as_mut()
+                .reset(drain_at.map_or(next, |at| at.min(next)));
         }
-        self.close(&mut sink).await;
-    }
-
-    /// Writes `first` and everything else already queued (up to [`WRITE_BATCH`]), then flushes
-    /// once: a burst of frames becomes one write to the network.
-    async fn write_batch<W, E>(&mut self, sink: &mut W, first: Frame) -> Result<(), E>
-    where
-        W: Sink<Message, Error = E> + Unpin,
-    {
-        let mut written = 0;
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            if frame.id() == 0 || frame.id() > self.cutoff {
-                sink.feed(frame.to_message()).await?;
-                written += 1;
-            }
-            if written < WRITE_BATCH {
-                next = self.outbound_rx.try_recv().ok();
-            }
-        }
-        sink.flush().await?;
-        self.state.metrics.messages_delivered.inc_by(written as u64);
-        Ok(())
     }
 
     /// Sends the close frame the server decided on, if it decided one. A draining socket first
     /// gets the frames already queued for it.
-    async fn close<W, E>(&mut self, sink: &mut W)
-    where
-        W: Sink<Message, Error = E> + Unpin,
-    {
-        let code = match self.control.close_code() {
+    async fn close(&mut self) {
+        let code = match self.link.close_code() {
             // A write failed: the connection is gone.
             Some(close::ABNORMAL | close::NO_STATUS) => return,
             // The peer closed first: flush the close reply the WebSocket layer queued.
             None => {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.close()).await;
                 return;
             }
             Some(code) => code,
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             if code == close::SERVICE_RESTART {
+                self.batch.clear();
+                self.link.take_queued(&mut self.batch);
                 let mut written = 0;
-                while let Ok(frame) = self.outbound_rx.try_recv() {
+                while let Some(frame) = self.batch.pop_front() {
                     if frame.id() == 0 || frame.id() > self.cutoff {
-                        sink.feed(frame.to_message()).await?;
+                        self.sink.feed(frame.to_message()).await?;
                         written += 1;
                     }
                 }
                 self.state.metrics.messages_delivered.inc_by(written);
             }
-            sink.send(close_message(code)).await
+            self.sink.send(close_message(code)).await
         })
         .await;
     }

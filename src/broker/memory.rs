@@ -248,9 +248,10 @@ fn evict_idle_rooms(state: &mut State, now: Instant, retention: Duration, max_id
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::SocketLink;
     use crate::metrics::Metrics;
+    use crate::protocol::Frame;
     use crate::user::User;
-    use tokio::sync::mpsc;
 
     fn chat_config(grace_ms: u64) -> ChatConfig {
         ChatConfig {
@@ -319,8 +320,8 @@ mod tests {
     async fn frames_reach_the_hub_in_id_order() {
         let hub = Arc::new(Hub::new(Metrics::new("t")));
         let broker = MemoryBroker::new(hub.clone(), &chat_config(0));
-        let (tx, mut rx) = mpsc::channel(16);
-        let _registration = hub.register(&RoomName::lobby(), tx, Arc::default());
+        let link = Arc::new(SocketLink::new(16));
+        let _registration = hub.register(&RoomName::lobby(), link.clone());
         let ann = identity("ann");
         broker.join(&RoomName::lobby(), &ann, None).await.unwrap();
         broker
@@ -328,9 +329,9 @@ mod tests {
             .await
             .unwrap();
         broker.leave(&RoomName::lobby(), &ann).await;
-        let ids: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|frame| frame.id())
-            .collect();
+        let mut queued = std::collections::VecDeque::new();
+        link.take_queued(&mut queued);
+        let ids: Vec<u64> = queued.iter().map(Frame::id).collect();
         assert_eq!(ids.len(), 3, "join, chat, left");
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
     }

@@ -105,6 +105,10 @@ pub enum NodeBroker {
     Redis(RedisBroker),
 }
 
+// The Redis broker's futures hold a pooled connection, a script call and timeouts: several
+// KiB. Every socket task embeds these futures' state, so they are boxed for the Redis arm —
+// one allocation per Redis round trip, which costs far more anyway — and the embedded
+// broker's small futures stay inline. This keeps an idle socket's task small (BENCHMARKS.md).
 impl Broker for NodeBroker {
     async fn publish(
         &self,
@@ -114,7 +118,7 @@ impl Broker for NodeBroker {
     ) -> Result<u64, BrokerError> {
         match self {
             Self::Memory(broker) => broker.publish(room, user, text).await,
-            Self::Redis(broker) => broker.publish(room, user, text).await,
+            Self::Redis(broker) => Box::pin(broker.publish(room, user, text)).await,
         }
     }
 
@@ -126,14 +130,14 @@ impl Broker for NodeBroker {
     ) -> Result<Snapshot, BrokerError> {
         match self {
             Self::Memory(broker) => broker.join(room, user, since).await,
-            Self::Redis(broker) => broker.join(room, user, since).await,
+            Self::Redis(broker) => Box::pin(broker.join(room, user, since)).await,
         }
     }
 
     async fn leave(&self, room: &RoomName, user: &Identity) {
         match self {
             Self::Memory(broker) => broker.leave(room, user).await,
-            Self::Redis(broker) => broker.leave(room, user).await,
+            Self::Redis(broker) => Box::pin(broker.leave(room, user)).await,
         }
     }
 
