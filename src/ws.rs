@@ -258,7 +258,10 @@ where
 
 /// An accepted socket, from its join to its leave. (Not an `async fn`, which would keep a
 /// second copy of its arguments in the socket's task.)
-#[expect(clippy::manual_async_fn, reason = "an async fn would store its arguments twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
 fn serve<W, R, E>(
     sink: W,
     mut stream: R,
@@ -606,7 +609,10 @@ where
     /// Writes the opening, then queued frames and pings until the socket closes, then the
     /// close frame. Not an `async fn`, which would keep a second copy of `self` in the task;
     /// the one-time steps are boxed, so the task is sized by the live loop alone.
-    #[expect(clippy::manual_async_fn, reason = "an async fn would store `self` twice")]
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would store `self` twice"
+    )]
     fn run(mut self, opening: Vec<Frame>) -> impl Future<Output = ()> + Send {
         async move {
             if Box::pin(self.write_opening(opening)).await {
