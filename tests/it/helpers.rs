@@ -549,3 +549,33 @@ pub fn ids(frames: &[Value]) -> Vec<u64> {
         .map(|frame| frame["id"].as_u64().unwrap())
         .collect()
 }
+
+/// A loopback port for a process that must listen on a port known in advance (a node that
+/// restarts in place, nginx's upstreams, a Redis that is killed and started again).
+///
+/// A port from `bind(…:0)` comes from the kernel's ephemeral range, where every outgoing
+/// connection of every test also takes its local port: between giving it back and the process
+/// binding it, another connection may take it and the process fails with "address in use".
+/// These ports come from below that range instead, handed out once per test run, starting at
+/// a place that depends on the process id so that two runs side by side rarely meet; each is
+/// checked to be free when handed out.
+pub fn reserved_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&low| low > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral_low - LOWEST;
+    let start = (std::process::id() * 97) % span;
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOWEST + (start + offset) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range");
+}

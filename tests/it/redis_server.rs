@@ -55,11 +55,7 @@ impl RedisServer {
     }
 
     async fn start_with(extra: Vec<String>, scheme: &'static str, auth: String) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::reserved_port();
         let mut server = Self {
             port,
             child: None,

@@ -63,10 +63,21 @@ impl ConfabProcess {
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let addr = tokio::time::timeout(EVENT_TIMEOUT, addr_rx)
-            .await
-            .expect("confab logs its listening line in time")
-            .expect("confab logs its listening line");
+        let addr = match tokio::time::timeout(EVENT_TIMEOUT, addr_rx).await {
+            Ok(Ok(addr)) => addr,
+            outcome => {
+                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                panic!(
+                    "confab logged no listening line ({}; {status:?}); it printed:\n{}",
+                    if outcome.is_err() {
+                        "timed out"
+                    } else {
+                        "its output ended"
+                    },
+                    output.lock().unwrap()
+                );
+            }
+        };
         Self {
             child,
             addr,

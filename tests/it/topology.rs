@@ -24,22 +24,14 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::helpers::{
-    EVENT_TIMEOUT, TestUser, eventually, join_at, metric_value, sign_in_at, try_connect_at,
+    EVENT_TIMEOUT, TestUser, eventually, join_at, metric_value, reserved_port, sign_in_at,
+    try_connect_at,
 };
 use crate::redis_server::{CLUSTER_SECRET, RedisServer};
 use crate::startup::ConfabProcess;
 
 /// The repository, where `nginx/` and `static/` are.
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-
-/// A free port on loopback (free when asked; the caller binds it right away).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A real nginx running the shipped configuration, in a directory of its own. Stopped (with
 /// SIGTERM, so its workers go too) when dropped.
@@ -57,7 +49,7 @@ impl NginxProcess {
     /// When nginx is not installed (`scripts/test` installs it), or when the shipped files no
     /// longer have exactly the places this fills in.
     pub async fn start(nodes: &[SocketAddr]) -> Self {
-        let port = free_port();
+        let port = reserved_port();
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "confab-nginx-{}-{}",
@@ -267,7 +259,7 @@ async fn start_cluster(
 ) -> (RedisServer, Vec<Vec<(String, String)>>, Vec<ConfabProcess>) {
     let redis = RedisServer::start().await;
     let envs: Vec<_> = (1..=3)
-        .map(|n| node_env(&redis, free_port(), &format!("node-{n}"), trusting))
+        .map(|n| node_env(&redis, reserved_port(), &format!("node-{n}"), trusting))
         .collect();
     let mut nodes = Vec::new();
     for env in &envs {
