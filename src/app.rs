@@ -162,6 +162,8 @@ impl AppState {
             "draining"
         );
         self.shutdown.cancel();
+        // Writers wait on their queues only; they see the drain once woken.
+        self.hub.wake_all();
     }
 
     /// The window over which a draining node spreads its sockets' closes.

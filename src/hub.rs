@@ -87,7 +87,8 @@ impl SocketLink {
         std::mem::swap(&mut *self.lock(), batch);
     }
 
-    /// Completes when something may have been queued since the last [`SocketLink::take_queued`].
+    /// Completes when something may have been queued since the last [`SocketLink::take_queued`],
+    /// or the writer was [woken](SocketLink::wake) to look at the socket's state.
     pub async fn queued(&self) {
         self.queued.notified().await;
     }
@@ -110,6 +111,15 @@ impl SocketLink {
     fn stop(&self) {
         self.closing.store(true, Ordering::Release);
         self.closed.notify_waiters();
+        // The writer waits on the queue alone (one registration per wake-up, the cheapest
+        // wait there is), so a close wakes it there too.
+        self.wake();
+    }
+
+    /// Wakes the writer so that it looks at the socket's state (closed, node draining) even
+    /// with nothing queued.
+    pub fn wake(&self) {
+        self.queued.notify_one();
     }
 
     /// The code the socket was asked to close with, if any.
@@ -215,6 +225,15 @@ impl Hub {
         });
         if subscribers.is_empty() {
             rooms.remove(room);
+        }
+    }
+
+    /// Wakes the writer of every socket on this node (the node began draining).
+    pub fn wake_all(&self) {
+        for subscribers in self.lock().values() {
+            for subscriber in subscribers {
+                subscriber.link.wake();
+            }
         }
     }
 

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
@@ -524,31 +525,40 @@ async fn until_closed<T>(
 }
 
 /// Runs the write `work` unless the socket is asked to close first or `stall` (the writer's
-/// timer, set to the write-stall deadline) fires: then the client stopped reading, and the
+/// timer, set here to the write-stall deadline) fires: then the client stopped reading, and the
 /// socket is closed as a slow consumer. Returns whether the socket is still open.
+///
+/// Most writes complete at once, into the kernel's socket buffer; only a write that has to wait
+/// arms the deadline and listens for a close.
 async fn finish_write<E>(
     link: &SocketLink,
     metrics: &Metrics,
     work: impl Future<Output = Result<(), E>>,
-    stall: std::pin::Pin<&mut tokio::time::Sleep>,
+    mut stall: std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> bool {
-    tokio::select! {
-        biased;
-        () = link.closed() => false,
-        () = stall => {
-            if link.close(close::TRY_AGAIN_LATER) {
-                metrics.slow_consumers.inc();
+    let mut work = std::pin::pin!(work);
+    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx).map(|w| w.is_ok())));
+    let written = match first.await {
+        Poll::Ready(written) => written,
+        Poll::Pending => {
+            stall.as_mut().reset(Instant::now() + WRITE_STALL_TIMEOUT);
+            tokio::select! {
+                biased;
+                () = link.closed() => return false,
+                () = stall => {
+                    if link.close(close::TRY_AGAIN_LATER) {
+                        metrics.slow_consumers.inc();
+                    }
+                    return false;
+                }
+                written = &mut work => written.is_ok(),
             }
-            false
         }
-        written = work => match written {
-            Ok(()) => true,
-            Err(_) => {
-                link.close(close::ABNORMAL);
-                false
-            }
-        },
+    };
+    if !written {
+        link.close(close::ABNORMAL);
     }
+    written
 }
 
 /// Writes everything queued on `link` (and whatever arrives meanwhile, up to
@@ -647,19 +657,30 @@ where
     }
 
     /// The live loop: queued frames, pings, the idle check and the drain, all on one timer.
+    ///
+    /// It waits on two things only, the queue and the timer: a close and the node's drain
+    /// [wake](SocketLink::wake) the queue, and are read from flags. Every wake-up of a busy
+    /// socket costs one registration, and the timer is moved only when its deadline changes.
     async fn live(&mut self) {
         let mut next_ping = Instant::now() + PING_INTERVAL;
         let mut drain_at: Option<Instant> = None;
         let timer = tokio::time::sleep_until(next_ping.min(self.link.silent_until(IDLE_TIMEOUT)));
         tokio::pin!(timer);
         loop {
+            if self.link.is_closed() {
+                return;
+            }
+            if drain_at.is_none() && self.state.shutdown.is_cancelled() {
+                let delay = self.state.drain_spread().mul_f64(rand::random::<f64>());
+                drain_at = Some(Instant::now() + delay);
+            }
+            let next = next_ping.min(self.link.silent_until(IDLE_TIMEOUT));
+            let deadline = drain_at.map_or(next, |at| at.min(next));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
-                () = self.link.closed() => return,
-                () = self.state.shutdown.cancelled(), if drain_at.is_none() => {
-                    let delay = self.state.drain_spread().mul_f64(rand::random::<f64>());
-                    drain_at = Some(Instant::now() + delay);
-                }
                 () = &mut timer => {
                     let now = Instant::now();
                     if drain_at.is_some_and(|at| now >= at) {
@@ -672,8 +693,6 @@ where
                     }
                     if now >= next_ping {
                         next_ping = now + PING_INTERVAL;
-                        // The timer doubles as the write-stall deadline while writing.
-                        timer.as_mut().reset(now + WRITE_STALL_TIMEOUT);
                         let ping = self.sink.send(Message::Ping(Default::default()));
                         if !finish_write(&self.link, &self.state.metrics, ping, timer.as_mut()).await {
                             return;
@@ -681,17 +700,16 @@ where
                     }
                 }
                 () = self.link.queued() => {
-                    timer.as_mut().reset(Instant::now() + WRITE_STALL_TIMEOUT);
+                    // A close outranks whatever is queued.
+                    if self.link.is_closed() {
+                        return;
+                    }
                     let write = write_queued(&mut self.sink, &self.link, &mut self.batch, self.cutoff, &self.state.metrics);
                     if !finish_write(&self.link, &self.state.metrics, write, timer.as_mut()).await {
                         return;
                     }
                 }
             }
-            let next = next_ping.min(self.link.silent_until(IDLE_TIMEOUT));
-            timer
-                .as_mut()
-                .reset(drain_at.map_or(next, |at| at.min(next)));
         }
     }
 
