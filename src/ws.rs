@@ -5,7 +5,7 @@
 //! opening (history, then `list`), then drains the socket's bounded outbound queue, writing
 //! every queued frame before one flush, and sends pings. The connection task itself reads:
 //! each text frame is checked, rate-limited and published through the broker. Whichever half
-//! ends first stops the other through the socket's [`SocketControl`], and the leave/cleanup
+//! ends first stops the other through the socket's [`SocketLink`], and the leave/cleanup
 //! runs in one place at the end of [`run_connection`].
 //!
 //! The loop is generic over `Sink`/`Stream`, so tests drive it through channels with tokio's

@@ -3,7 +3,7 @@
 //! One mutex guards the id counter and every room's history and presence. Publishing takes it,
 //! gives the frame the next id, appends it to history and hands it to the hub while still
 //! holding it, so dispatch order is id order and a joining socket's snapshot (taken under the
-//! same lock) is exact. Nothing under the lock awaits; fan-out is `try_send`s only.
+//! same lock) is exact. Nothing under the lock awaits; fan-out only pushes onto bounded queues.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};

@@ -3,7 +3,7 @@
 //!
 //! Two implementations sit behind the [`Broker`] trait: [`MemoryBroker`] for one node with no
 //! Redis (`cargo run`), and [`RedisBroker`] for any number of nodes. The socket code only sees
-//! the trait, through [`NodeBroker`]. Each node hands its broker the node's [`Hub`]
+//! the trait, through [`NodeBroker`]. Each node hands its broker the node's [`Hub`](crate::hub::Hub)
 //! (`crate::hub::Hub`); the broker calls `Hub::dispatch` once per frame, in id order, and the
 //! hub fans the frame out to the node's sockets. That is the node's one subscription.
 
