@@ -13,6 +13,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Response, StatusCode, header};
 use axum::routing::get;
+use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -182,17 +183,19 @@ impl AppState {
         Some(ConnectionSlot {
             id: self.next_socket_id.fetch_add(1, Ordering::Relaxed),
             open_sockets: self.open_sockets.clone(),
-            metrics: self.metrics.clone(),
+            gauge: self.metrics.connections.clone(),
         })
     }
 }
 
 /// One socket's place under `CONFAB_MAX_CONNECTIONS`, counted in `confab_connections`; given
 /// back when dropped, however the socket ends.
+///
+/// Kept small (it lives in every socket's task): the gauge alone, not the whole [`Metrics`].
 pub struct ConnectionSlot {
     id: u64,
     open_sockets: Arc<AtomicUsize>,
-    metrics: Metrics,
+    gauge: IntGauge,
 }
 
 impl ConnectionSlot {
@@ -205,7 +208,7 @@ impl ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.open_sockets.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.connections.dec();
+        self.gauge.dec();
     }
 }
 

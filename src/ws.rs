@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
@@ -237,7 +237,9 @@ where
         Err(refusal) => Either::Left(refuse(sink, state, refusal, slot)),
         Ok(accepted) => {
             let span = info_span!("socket", room.id = %accepted.room, user.id = %accepted.user.id(), conn.id = slot.id());
-            Either::Right(serve(sink, stream, state, accepted, slot).instrument(span))
+            // Boxed until the writer takes it: the socket's task would otherwise keep room for
+            // it (at every level it passes through) for the socket's whole life.
+            Either::Right(serve(Box::new(sink), stream, state, accepted, slot).instrument(span))
         }
     }
 }
@@ -264,7 +266,7 @@ where
     reason = "an async fn would store its arguments twice"
 )]
 fn serve<W, R, E>(
-    sink: W,
+    sink: Box<W>,
     mut stream: R,
     state: AppState,
     accepted: Accepted,
@@ -299,7 +301,7 @@ struct Connection<'a> {
 
 impl Connection<'_> {
     /// Joins, reads until either side closes, and leaves. Returns the close code to count.
-    async fn run<W, R, E>(&self, sink: W, stream: &mut R, since: Option<u64>) -> u16
+    async fn run<W, R, E>(&self, sink: Box<W>, stream: &mut R, since: Option<u64>) -> u16
     where
         W: Sink<Message, Error = E> + Send + Unpin + 'static,
         R: Stream<Item = Result<Message, E>> + Unpin,
@@ -331,7 +333,7 @@ impl Connection<'_> {
     /// then `list`). Returns the close code when the broker is unavailable.
     async fn join<W, E>(
         &self,
-        mut sink: W,
+        sink: Box<W>,
         since: Option<u64>,
     ) -> Result<tokio::task::JoinHandle<()>, u16>
     where
@@ -339,6 +341,7 @@ impl Connection<'_> {
         E: StdError + Send + Sync + 'static,
     {
         let state = self.state;
+        let mut sink = *sink;
         let snapshot = match state.broker.join(self.room, self.user, since).await {
             Ok(snapshot) => snapshot,
             Err(error) => {
@@ -373,6 +376,9 @@ impl Connection<'_> {
             cutoff: snapshot.seen_up_to.max(since.unwrap_or(0)),
             state: state.clone(),
             batch: VecDeque::new(),
+            written: 0,
+            ping_due: false,
+            flushing: false,
         };
         Ok(tokio::spawn(writer.run(opening)))
     }
@@ -432,7 +438,10 @@ impl Connection<'_> {
                     match classify(&message, self.state.config.chat.max_message_chars) {
                         Incoming::Chat(ChatText::Empty) | Incoming::Control => {}
                         Incoming::Chat(checked) => {
-                            if let Some(code) = self.take_chat(checked, &mut bucket).await {
+                            // Boxed: a publish is once per message a user sends, and its
+                            // future would otherwise weigh on every idle socket's task.
+                            let taken = Box::pin(self.take_chat(checked, &mut bucket)).await;
+                            if let Some(code) = taken {
                                 self.send_error(code);
                             }
                         }
@@ -524,82 +533,11 @@ async fn until_closed<T>(
     }
 }
 
-/// Runs the write `work` unless the socket is asked to close first or `stall` (the writer's
-/// timer, set here to the write-stall deadline) fires: then the client stopped reading, and the
-/// socket is closed as a slow consumer. Returns whether the socket is still open.
-///
-/// Most writes complete at once, into the kernel's socket buffer; only a write that has to wait
-/// arms the deadline and listens for a close.
-async fn finish_write<E>(
-    link: &SocketLink,
-    metrics: &Metrics,
-    work: impl Future<Output = Result<(), E>>,
-    mut stall: std::pin::Pin<&mut tokio::time::Sleep>,
-) -> bool {
-    let mut work = std::pin::pin!(work);
-    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx).map(|w| w.is_ok())));
-    let written = match first.await {
-        Poll::Ready(written) => written,
-        Poll::Pending => {
-            stall.as_mut().reset(Instant::now() + WRITE_STALL_TIMEOUT);
-            tokio::select! {
-                biased;
-                () = link.closed() => return false,
-                () = stall => {
-                    if link.close(close::TRY_AGAIN_LATER) {
-                        metrics.slow_consumers.inc();
-                    }
-                    return false;
-                }
-                written = &mut work => written.is_ok(),
-            }
-        }
-    };
-    if !written {
-        link.close(close::ABNORMAL);
-    }
-    written
-}
-
-/// Writes everything queued on `link` (and whatever arrives meanwhile, up to
-/// [`WRITE_BATCH`]), then flushes once: a burst of frames becomes one write to the network.
-/// Frames at or below `cutoff` are covered by the opening and skipped.
-async fn write_queued<W, E>(
-    sink: &mut W,
-    link: &SocketLink,
-    batch: &mut VecDeque<Frame>,
-    cutoff: u64,
-    metrics: &Metrics,
-) -> Result<(), E>
-where
-    W: Sink<Message, Error = E> + Unpin,
-{
-    let mut written = 0;
-    loop {
-        link.take_queued(batch);
-        if batch.is_empty() {
-            break;
-        }
-        while let Some(frame) = batch.pop_front() {
-            if frame.id() == 0 || frame.id() > cutoff {
-                sink.feed(frame.to_message()).await?;
-                written += 1;
-            }
-        }
-        if written >= WRITE_BATCH {
-            break;
-        }
-    }
-    sink.flush().await?;
-    metrics.messages_delivered.inc_by(written as u64);
-    // A burst grew the buffers; an idle socket should not keep them.
-    if batch.capacity() > 64 && written < 16 {
-        batch.shrink_to(16);
-    }
-    Ok(())
-}
-
 /// The sending half of one socket, run as its own task.
+///
+/// A write in progress lives in these fields rather than in a future (see
+/// [`Writer::poll_write`]): a future holding the sink's `feed` and `flush` futures would sit in
+/// the task of every socket, idle or not, for its whole life.
 struct Writer<W> {
     sink: W,
     link: Arc<SocketLink>,
@@ -610,6 +548,12 @@ struct Writer<W> {
     /// Frames taken from the queue, being written; swapped with the queue's buffer, so in
     /// steady state nothing is allocated.
     batch: VecDeque<Frame>,
+    /// Frames written since the last flush.
+    written: usize,
+    /// A ping is due and not yet handed to the sink.
+    ping_due: bool,
+    /// Everything taken is handed to the sink; only the flush remains.
+    flushing: bool,
 }
 
 impl<W, E> Writer<W>
@@ -656,26 +600,53 @@ where
         }
     }
 
-    /// The live loop: queued frames, pings, the idle check and the drain, all on one timer.
+    /// The live loop: queued frames, pings, the idle check, write stalls and the drain, all on
+    /// one timer.
     ///
-    /// It waits on two things only, the queue and the timer: a close and the node's drain
-    /// [wake](SocketLink::wake) the queue, and are read from flags. Every wake-up of a busy
-    /// socket costs one registration, and the timer is moved only when its deadline changes.
+    /// It waits on the queue and the timer, and on the sink only while a write waits for the
+    /// peer: a close and the node's drain [wake](SocketLink::wake) the queue, and are read from
+    /// flags. Every wake-up of a busy socket costs one registration, and the timer is moved
+    /// only when its deadline changes.
     async fn live(&mut self) {
+        let link = Arc::clone(&self.link);
         let mut next_ping = Instant::now() + PING_INTERVAL;
         let mut drain_at: Option<Instant> = None;
-        let timer = tokio::time::sleep_until(next_ping.min(self.link.silent_until(IDLE_TIMEOUT)));
+        // Set while a write waits for the peer: past it, the client stopped reading.
+        let mut stall_at: Option<Instant> = None;
+        // Whether something may be queued, or a ping is due: the frames queued before the
+        // opening was written are the first thing to write.
+        let mut due = true;
+        let timer = tokio::time::sleep_until(next_ping.min(link.silent_until(IDLE_TIMEOUT)));
         tokio::pin!(timer);
         loop {
-            if self.link.is_closed() {
+            if link.is_closed() {
                 return;
             }
             if drain_at.is_none() && self.state.shutdown.is_cancelled() {
                 let delay = self.state.drain_spread().mul_f64(rand::random::<f64>());
                 drain_at = Some(Instant::now() + delay);
             }
-            let next = next_ping.min(self.link.silent_until(IDLE_TIMEOUT));
-            let deadline = drain_at.map_or(next, |at| at.min(next));
+            if due {
+                // Most writes complete at once, into the kernel's socket buffer; only one that
+                // has to wait arms the stall deadline.
+                match std::future::poll_fn(|cx| Poll::Ready(self.poll_write(cx))).await {
+                    Poll::Ready(Ok(())) => {
+                        due = false;
+                        stall_at = None;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        link.close(close::ABNORMAL);
+                        return;
+                    }
+                    Poll::Pending => {
+                        stall_at.get_or_insert_with(|| Instant::now() + WRITE_STALL_TIMEOUT);
+                    }
+                }
+            }
+            let mut deadline = next_ping.min(link.silent_until(IDLE_TIMEOUT));
+            for at in [drain_at, stall_at].into_iter().flatten() {
+                deadline = deadline.min(at);
+            }
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
@@ -684,33 +655,80 @@ where
                 () = &mut timer => {
                     let now = Instant::now();
                     if drain_at.is_some_and(|at| now >= at) {
-                        self.link.close(close::SERVICE_RESTART);
+                        link.close(close::SERVICE_RESTART);
                         return;
                     }
-                    if now >= self.link.silent_until(IDLE_TIMEOUT) {
-                        self.link.close(close::GOING_AWAY);
+                    if stall_at.is_some_and(|at| now >= at) {
+                        if link.close(close::TRY_AGAIN_LATER) {
+                            self.state.metrics.slow_consumers.inc();
+                        }
+                        return;
+                    }
+                    if now >= link.silent_until(IDLE_TIMEOUT) {
+                        link.close(close::GOING_AWAY);
                         return;
                     }
                     if now >= next_ping {
                         next_ping = now + PING_INTERVAL;
-                        let ping = self.sink.send(Message::Ping(Default::default()));
-                        if !finish_write(&self.link, &self.state.metrics, ping, timer.as_mut()).await {
-                            return;
-                        }
+                        self.ping_due = true;
+                        due = true;
                     }
                 }
-                () = self.link.queued() => {
-                    // A close outranks whatever is queued.
-                    if self.link.is_closed() {
-                        return;
-                    }
-                    let write = write_queued(&mut self.sink, &self.link, &mut self.batch, self.cutoff, &self.state.metrics);
-                    if !finish_write(&self.link, &self.state.metrics, write, timer.as_mut()).await {
-                        return;
-                    }
-                }
+                () = link.queued() => due = true,
+                () = std::future::poll_fn(|cx| self.poll_sink(cx)), if stall_at.is_some() => {}
             }
         }
+    }
+
+    /// Wakes when the sink may take more: the write waiting for the peer can go on.
+    fn poll_sink(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.flushing {
+            self.sink.poll_flush_unpin(cx).map(drop)
+        } else {
+            self.sink.poll_ready_unpin(cx).map(drop)
+        }
+    }
+
+    /// Writes a due ping, then everything queued (and whatever arrives meanwhile, up to
+    /// [`WRITE_BATCH`] frames), then flushes once: a burst of frames becomes one write to the
+    /// network. Frames at or below the cutoff are covered by the opening and skipped.
+    ///
+    /// Resumable: when the peer is slow, it returns `Pending` and picks up where it stopped.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        if !self.flushing {
+            if self.ping_due {
+                ready!(self.sink.poll_ready_unpin(cx))?;
+                self.sink
+                    .start_send_unpin(Message::Ping(Default::default()))?;
+                self.ping_due = false;
+            }
+            loop {
+                if self.batch.is_empty() {
+                    if self.written < WRITE_BATCH {
+                        self.link.take_queued(&mut self.batch);
+                    }
+                    if self.batch.is_empty() {
+                        break;
+                    }
+                }
+                ready!(self.sink.poll_ready_unpin(cx))?;
+                let frame = self.batch.pop_front().expect("the batch is not empty");
+                if frame.id() == 0 || frame.id() > self.cutoff {
+                    self.sink.start_send_unpin(frame.to_message())?;
+                    self.written += 1;
+                }
+            }
+            self.flushing = true;
+        }
+        ready!(self.sink.poll_flush_unpin(cx))?;
+        self.flushing = false;
+        let written = std::mem::take(&mut self.written);
+        self.state.metrics.messages_delivered.inc_by(written as u64);
+        // A burst grew the buffers; an idle socket should not keep them.
+        if self.batch.capacity() > 64 && written < 16 {
+            self.batch.shrink_to(16);
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Sends the close frame the server decided on, if it decided one. A draining socket first

@@ -1,7 +1,10 @@
-//! Pings and the idle timeout, driven through channels with tokio's paused clock: the socket
-//! task is generic over `Sink`/`Stream`, so no real network is needed to wait 60 seconds.
+//! Pings, the idle timeout and the write stall, driven through channels with tokio's paused
+//! clock: the socket task is generic over `Sink`/`Stream`, so no real network is needed to wait
+//! 60 seconds.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -10,7 +13,7 @@ use confab::Config;
 use confab::app::AppState;
 use confab::protocol::RoomName;
 use confab::user::{Identity, User};
-use confab::ws::{IDLE_TIMEOUT, Opening, PING_INTERVAL, run_connection};
+use confab::ws::{IDLE_TIMEOUT, Opening, PING_INTERVAL, WRITE_STALL_TIMEOUT, run_connection};
 use futures_util::{Sink, Stream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,6 +27,9 @@ struct Disconnected;
 struct ChannelSocket {
     incoming: mpsc::UnboundedReceiver<Message>,
     outgoing: mpsc::UnboundedSender<Message>,
+    /// Cleared, the socket takes no more writes (and never says when it will): a client that
+    /// stopped reading, its TCP window full.
+    writable: Arc<AtomicBool>,
 }
 
 impl Stream for ChannelSocket {
@@ -38,7 +44,11 @@ impl Sink<Message> for ChannelSocket {
     type Error = Disconnected;
 
     fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Disconnected>> {
-        Poll::Ready(Ok(()))
+        if self.writable.load(Ordering::Relaxed) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
     }
 
     fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Disconnected> {
@@ -58,6 +68,7 @@ impl Sink<Message> for ChannelSocket {
 struct Client {
     to_server: mpsc::UnboundedSender<Message>,
     from_server: mpsc::UnboundedReceiver<Message>,
+    writable: Arc<AtomicBool>,
 }
 
 impl Client {
@@ -91,8 +102,13 @@ async fn open_socket() -> (Client, tokio::task::JoinHandle<()>, AppState) {
         permit: None,
     };
     let slot = state.connection_slot().unwrap();
+    let writable = Arc::new(AtomicBool::new(true));
     let task = tokio::spawn(run_connection(
-        ChannelSocket { incoming, outgoing },
+        ChannelSocket {
+            incoming,
+            outgoing,
+            writable: writable.clone(),
+        },
         state.clone(),
         opening,
         slot,
@@ -101,6 +117,7 @@ async fn open_socket() -> (Client, tokio::task::JoinHandle<()>, AppState) {
         Client {
             to_server,
             from_server,
+            writable,
         },
         task,
         state,
@@ -161,4 +178,46 @@ async fn any_frame_from_the_peer_keeps_it_alive() {
         other => panic!("expected close 1001, got {other:?}"),
     }
     assert_eq!(opened.elapsed(), PING_INTERVAL + IDLE_TIMEOUT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_stalled_for_60_seconds_closes_the_socket_as_a_slow_consumer() {
+    let (mut client, task, state) = open_socket().await;
+    let opened = Instant::now();
+    // The opening arrives; then the client stops reading, though it keeps talking (so it is
+    // not idle). The ping at 25 s is the first write that waits.
+    let opening = client.from_server.recv().await.expect("the opening");
+    assert!(matches!(opening, Message::Text(_)), "{opening:?}");
+    client.writable.store(false, Ordering::Relaxed);
+    let stalled_at = opened + PING_INTERVAL;
+    for at in [30, 60, 84] {
+        tokio::time::sleep_until(opened + Duration::from_secs(at)).await;
+        client
+            .to_server
+            .send(Message::Pong(Default::default()))
+            .unwrap();
+    }
+    assert_eq!(
+        state.metrics.slow_consumers.get(),
+        0,
+        "closed before the stall timeout"
+    );
+    tokio::time::sleep_until(stalled_at + WRITE_STALL_TIMEOUT).await;
+    tokio::task::yield_now().await;
+    assert_eq!(
+        state.metrics.slow_consumers.get(),
+        1,
+        "not closed at the stall timeout"
+    );
+    // The close frame cannot be written either: the task gives up on it, and ends.
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        state
+            .metrics
+            .render()
+            .contains(r#"confab_disconnects_total{code="1013"} 1"#)
+    );
 }
