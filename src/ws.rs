@@ -613,8 +613,8 @@ where
         let mut drain_at: Option<Instant> = None;
         // Set while a write waits for the peer: past it, the client stopped reading.
         let mut stall_at: Option<Instant> = None;
-        // Whether something may be queued, or a ping is due: the frames queued before the
-        // opening was written are the first thing to write.
+        // Whether something may have been queued, or a ping fell due, since the last write
+        // pass started: the frames queued while the opening was written come first.
         let mut due = true;
         let timer = tokio::time::sleep_until(next_ping.min(link.silent_until(IDLE_TIMEOUT)));
         tokio::pin!(timer);
@@ -626,13 +626,23 @@ where
                 let delay = self.state.drain_spread().mul_f64(rand::random::<f64>());
                 drain_at = Some(Instant::now() + delay);
             }
-            if due {
+            // A pass in progress (one that had to wait) goes on; a new one starts when
+            // something is due. A pass takes the queue before it flushes, so `due` is cleared
+            // as it starts: whatever is signalled after that needs a pass of its own, even if
+            // the signal comes while this one is still flushing.
+            let writing = stall_at.is_some();
+            if due || writing {
+                if !writing {
+                    due = false;
+                }
                 // Most writes complete at once, into the kernel's socket buffer; only one that
                 // has to wait arms the stall deadline.
                 match std::future::poll_fn(|cx| Poll::Ready(self.poll_write(cx))).await {
                     Poll::Ready(Ok(())) => {
-                        due = false;
                         stall_at = None;
+                        if due {
+                            continue;
+                        }
                     }
                     Poll::Ready(Err(_)) => {
                         link.close(close::ABNORMAL);

@@ -14,6 +14,7 @@ use confab::app::AppState;
 use confab::protocol::RoomName;
 use confab::user::{Identity, User};
 use confab::ws::{IDLE_TIMEOUT, Opening, PING_INTERVAL, WRITE_STALL_TIMEOUT, run_connection};
+use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -30,6 +31,9 @@ struct ChannelSocket {
     /// Cleared, the socket takes no more writes (and never says when it will): a client that
     /// stopped reading, its TCP window full.
     writable: Arc<AtomicBool>,
+    /// Cleared, a flush waits until it is set again and `flushed` is woken.
+    flushable: Arc<AtomicBool>,
+    flushed: Arc<AtomicWaker>,
 }
 
 impl Stream for ChannelSocket {
@@ -55,8 +59,13 @@ impl Sink<Message> for ChannelSocket {
         self.outgoing.send(message).map_err(|_| Disconnected)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Disconnected>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Disconnected>> {
+        self.flushed.register(cx.waker());
+        if self.flushable.load(Ordering::Relaxed) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
     }
 
     fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Disconnected>> {
@@ -69,9 +78,27 @@ struct Client {
     to_server: mpsc::UnboundedSender<Message>,
     from_server: mpsc::UnboundedReceiver<Message>,
     writable: Arc<AtomicBool>,
+    flushable: Arc<AtomicBool>,
+    flushed: Arc<AtomicWaker>,
 }
 
 impl Client {
+    /// The next `chat` frame.
+    async fn next_chat(&mut self) -> String {
+        loop {
+            let message = self
+                .from_server
+                .recv()
+                .await
+                .expect("the server end is open");
+            if let Message::Text(text) = message
+                && text.contains(r#""type":"chat""#)
+            {
+                return text.to_string();
+            }
+        }
+    }
+
     /// The next message that is not a text frame (text frames are the opening and are skipped).
     async fn next_control(&mut self) -> Message {
         loop {
@@ -103,11 +130,15 @@ async fn open_socket() -> (Client, tokio::task::JoinHandle<()>, AppState) {
     };
     let slot = state.connection_slot().unwrap();
     let writable = Arc::new(AtomicBool::new(true));
+    let flushable = Arc::new(AtomicBool::new(true));
+    let flushed = Arc::new(AtomicWaker::new());
     let task = tokio::spawn(run_connection(
         ChannelSocket {
             incoming,
             outgoing,
             writable: writable.clone(),
+            flushable: flushable.clone(),
+            flushed: flushed.clone(),
         },
         state.clone(),
         opening,
@@ -118,6 +149,8 @@ async fn open_socket() -> (Client, tokio::task::JoinHandle<()>, AppState) {
             to_server,
             from_server,
             writable,
+            flushable,
+            flushed,
         },
         task,
         state,
@@ -220,4 +253,31 @@ async fn a_write_stalled_for_60_seconds_closes_the_socket_as_a_slow_consumer() {
             .render()
             .contains(r#"confab_disconnects_total{code="1013"} 1"#)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frame_queued_while_a_flush_waits_is_written_after_it() {
+    let (mut client, _task, _state) = open_socket().await;
+    loop {
+        let message = client.from_server.recv().await.expect("the opening");
+        if let Message::Text(text) = message
+            && text.contains(r#""type":"list""#)
+        {
+            break;
+        }
+    }
+    // The writer hands "one" to the socket and then waits for its flush.
+    client.flushable.store(false, Ordering::Relaxed);
+    client.to_server.send(Message::text("one")).unwrap();
+    let one = client.next_chat().await;
+    assert!(one.contains(r#""data":"one""#), "{one}");
+    // "two" is queued while that flush waits; then the flush completes.
+    client.to_server.send(Message::text("two")).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    client.flushable.store(true, Ordering::Relaxed);
+    client.flushed.wake();
+    let two = tokio::time::timeout(Duration::from_secs(5), client.next_chat())
+        .await
+        .expect("the frame queued during the flush was never written");
+    assert!(two.contains(r#""data":"two""#), "{two}");
 }
