@@ -756,8 +756,10 @@ where
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             if code == close::SERVICE_RESTART {
-                self.batch.clear();
-                self.link.take_queued(&mut self.batch);
+                // What a pass left unwritten comes first, then whatever is queued.
+                let mut queued = VecDeque::new();
+                self.link.take_queued(&mut queued);
+                self.batch.append(&mut queued);
                 let mut written = 0;
                 while let Some(frame) = self.batch.pop_front() {
                     if frame.id() == 0 || frame.id() > self.cutoff {
