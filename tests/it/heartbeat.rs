@@ -83,16 +83,20 @@ struct Client {
 }
 
 impl Client {
-    /// The next `chat` frame.
-    async fn next_chat(&mut self) -> String {
+    /// The next message from the server.
+    async fn next(&mut self) -> Message {
+        self.from_server
+            .recv()
+            .await
+            .expect("the server end is open")
+    }
+
+    /// The next text frame of type `kind` (`list`, `chat`…).
+    async fn next_of_type(&mut self, kind: &str) -> String {
+        let wanted = format!(r#""type":"{kind}""#);
         loop {
-            let message = self
-                .from_server
-                .recv()
-                .await
-                .expect("the server end is open");
-            if let Message::Text(text) = message
-                && text.contains(r#""type":"chat""#)
+            if let Message::Text(text) = self.next().await
+                && text.contains(&wanted)
             {
                 return text.to_string();
             }
@@ -102,16 +106,25 @@ impl Client {
     /// The next message that is not a text frame (text frames are the opening and are skipped).
     async fn next_control(&mut self) -> Message {
         loop {
-            let message = self
-                .from_server
-                .recv()
-                .await
-                .expect("the server end is open");
+            let message = self.next().await;
             if !matches!(message, Message::Text(_)) {
                 return message;
             }
         }
     }
+}
+
+/// Waits for the socket's task to end, and checks that its close was counted with `code`.
+async fn assert_ended_with(task: tokio::task::JoinHandle<()>, state: &AppState, code: u16) {
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the socket's task ends")
+        .expect("the socket's task does not panic");
+    let counted = format!(r#"confab_disconnects_total{{code="{code}"}} 1"#);
+    assert!(
+        state.metrics.render().contains(&counted),
+        "no close {code} counted"
+    );
 }
 
 async fn open_socket() -> (Client, tokio::task::JoinHandle<()>, AppState) {
@@ -185,16 +198,7 @@ async fn a_peer_silent_for_60_seconds_is_closed_with_1001() {
     }
     assert_eq!(opened.elapsed(), IDLE_TIMEOUT);
     drop(client);
-    tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        state
-            .metrics
-            .render()
-            .contains(r#"confab_disconnects_total{code="1001"} 1"#)
-    );
+    assert_ended_with(task, &state, 1001).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -243,40 +247,24 @@ async fn a_write_stalled_for_60_seconds_closes_the_socket_as_a_slow_consumer() {
         "not closed at the stall timeout"
     );
     // The close frame cannot be written either: the task gives up on it, and ends.
-    tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        state
-            .metrics
-            .render()
-            .contains(r#"confab_disconnects_total{code="1013"} 1"#)
-    );
+    assert_ended_with(task, &state, 1013).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_frame_queued_while_a_flush_waits_is_written_after_it() {
     let (mut client, _task, _state) = open_socket().await;
-    loop {
-        let message = client.from_server.recv().await.expect("the opening");
-        if let Message::Text(text) = message
-            && text.contains(r#""type":"list""#)
-        {
-            break;
-        }
-    }
+    client.next_of_type("list").await;
     // The writer hands "one" to the socket and then waits for its flush.
     client.flushable.store(false, Ordering::Relaxed);
     client.to_server.send(Message::text("one")).unwrap();
-    let one = client.next_chat().await;
+    let one = client.next_of_type("chat").await;
     assert!(one.contains(r#""data":"one""#), "{one}");
     // "two" is queued while that flush waits; then the flush completes.
     client.to_server.send(Message::text("two")).unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     client.flushable.store(true, Ordering::Relaxed);
     client.flushed.wake();
-    let two = tokio::time::timeout(Duration::from_secs(5), client.next_chat())
+    let two = tokio::time::timeout(Duration::from_secs(5), client.next_of_type("chat"))
         .await
         .expect("the frame queued during the flush was never written");
     assert!(two.contains(r#""data":"two""#), "{two}");
