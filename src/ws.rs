@@ -690,6 +690,12 @@ where
         }
     }
 
+    /// Whether a live frame is still to be written: id-less frames always are; numbered ones
+    /// at or below the cutoff were in the opening already.
+    fn is_after_opening(&self, frame: &Frame) -> bool {
+        frame.id() == 0 || frame.id() > self.cutoff
+    }
+
     /// Wakes when the sink may take more: the write waiting for the peer can go on.
     fn poll_sink(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.flushing {
@@ -723,7 +729,7 @@ where
                 }
                 ready!(self.sink.poll_ready_unpin(cx))?;
                 let frame = self.batch.pop_front().expect("the batch is not empty");
-                if frame.id() == 0 || frame.id() > self.cutoff {
+                if self.is_after_opening(&frame) {
                     self.sink.start_send_unpin(frame.to_message())?;
                     self.written += 1;
                 }
@@ -762,7 +768,7 @@ where
                 self.batch.append(&mut queued);
                 let mut written = 0;
                 while let Some(frame) = self.batch.pop_front() {
-                    if frame.id() == 0 || frame.id() > self.cutoff {
+                    if self.is_after_opening(&frame) {
                         self.sink.feed(frame.to_message()).await?;
                         written += 1;
                     }
