@@ -44,7 +44,9 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;
+pub mod upgrade;
 pub mod user;
+pub mod write_buffer;
 pub mod ws;
 
 pub use app::{AppState, Application};

@@ -11,13 +11,21 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::{Frame as WireFrame, Utf8Bytes};
 
 /// Largest client message accepted, in bytes, whether one frame or reassembled fragments.
 /// A larger one closes the socket with [`close::MESSAGE_TOO_BIG`].
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Largest piece of a server frame on the wire: a longer frame (a big room's `list`) goes out
+/// as fragments of this size, so the WebSocket layer's buffer, which keeps the size of the
+/// largest piece it ever held, stays small for the socket's whole life.
+pub const FRAGMENT_BYTES: usize = 2 * 1024;
 
 /// Close codes confab sends, and the reasons that go with them.
 pub mod close {
@@ -109,7 +117,7 @@ pub mod close {
 /// The close message for one of confab's own codes, with its reason.
 pub fn close_message(code: u16) -> Message {
     Message::Close(Some(CloseFrame {
-        code,
+        code: code.into(),
         reason: Utf8Bytes::from_static(close::reason(code)),
     }))
 }
@@ -219,9 +227,37 @@ impl Frame {
         self.text.as_str()
     }
 
-    /// The WebSocket message for this frame; shares the text, copies nothing.
-    pub fn to_message(&self) -> Message {
-        Message::Text(self.text.clone())
+    /// The WebSocket message for this frame's text from byte `at` on (`0` for a frame not
+    /// yet begun), and where the next piece starts if this one is not the last. A frame up to
+    /// [`FRAGMENT_BYTES`] is one text message; a longer one goes in fragments of that size.
+    /// Shares the text, copies nothing.
+    pub fn piece(&self, at: usize) -> (Message, Option<usize>) {
+        let len = self.text.len();
+        if at == 0 && len <= FRAGMENT_BYTES {
+            return (Message::Text(self.text.clone()), None);
+        }
+        let end = len.min(at + FRAGMENT_BYTES);
+        let opcode = if at == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let bytes = bytes::Bytes::from(self.text.clone()).slice(at..end);
+        let next = (end < len).then_some(end);
+        (
+            Message::Frame(WireFrame::message(bytes, opcode, next.is_none())),
+            next,
+        )
+    }
+
+    /// Every WebSocket message for this frame from byte `at` on: see [`Frame::piece`].
+    pub fn pieces(&self, at: usize) -> impl Iterator<Item = Message> + '_ {
+        let mut next = Some(at);
+        std::iter::from_fn(move || {
+            let (message, after) = self.piece(next?);
+            next = after;
+            Some(message)
+        })
     }
 }
 
@@ -385,10 +421,13 @@ pub fn classify(message: &Message, max_chars: usize) -> Incoming<'_> {
     match message {
         Message::Text(text) => Incoming::Chat(check_chat_text(text.as_str(), max_chars)),
         Message::Binary(_) => Incoming::Binary,
-        Message::Close(frame) => {
-            Incoming::Close(frame.as_ref().map_or(close::NO_STATUS, |frame| frame.code))
-        }
-        Message::Ping(_) | Message::Pong(_) => Incoming::Control,
+        Message::Close(frame) => Incoming::Close(
+            frame
+                .as_ref()
+                .map_or(close::NO_STATUS, |frame| frame.code.into()),
+        ),
+        // A raw frame is only ever something sent; received ones are assembled messages.
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Incoming::Control,
     }
 }
 
@@ -520,10 +559,48 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_up_to_a_fragment_is_one_text_message() {
+        let text = "x".repeat(FRAGMENT_BYTES);
+        let frame = Frame::new(1, text.clone());
+        let (message, next) = frame.piece(0);
+        assert_eq!(next, None);
+        assert!(matches!(&message, Message::Text(t) if t.as_str() == text));
+        assert_eq!(frame.pieces(0).count(), 1);
+    }
+
+    #[test]
+    fn a_longer_frame_goes_in_fragments_that_rebuild_it_even_across_characters() {
+        // Four-byte characters, so fragment edges fall inside them.
+        let text = "😀".repeat(FRAGMENT_BYTES / 2 + 3);
+        let frame = Frame::new(1, text.clone());
+        let pieces: Vec<_> = frame
+            .pieces(0)
+            .map(|message| match message {
+                Message::Frame(frame) => frame,
+                other => panic!("not a raw frame: {other:?}"),
+            })
+            .collect();
+        assert_eq!(pieces.len(), text.len().div_ceil(FRAGMENT_BYTES));
+        let mut rebuilt = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let header = piece.header();
+            let expected = if i == 0 { Data::Text } else { Data::Continue };
+            assert_eq!(header.opcode, OpCode::Data(expected), "piece {i}");
+            assert_eq!(header.is_final, i == pieces.len() - 1, "piece {i}");
+            assert!(piece.payload().len() <= FRAGMENT_BYTES);
+            rebuilt.extend_from_slice(piece.payload());
+        }
+        assert_eq!(rebuilt, text.as_bytes());
+        // Resuming where a cut write stopped gives the rest.
+        let (_, second) = frame.piece(0);
+        assert_eq!(frame.pieces(second.unwrap()).count(), pieces.len() - 1);
+    }
+
+    #[test]
     fn client_messages_are_classified() {
         let close_frame = |code| {
             Message::Close(Some(CloseFrame {
-                code,
+                code: u16::into(code),
                 reason: Utf8Bytes::from_static(""),
             }))
         };

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +25,9 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
+use tungstenite::Message;
+use tungstenite::protocol::frame::Utf8Bytes;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::app::{AppState, ConnectionSlot};
 use crate::broker::Broker;
@@ -38,6 +40,7 @@ use crate::protocol::{
     classify, close, close_message, list_frame, now_ms,
 };
 use crate::ratelimit::TokenBucket;
+use crate::upgrade::SocketUpgrade;
 use crate::user::Identity;
 
 /// Frames a socket's outbound queue holds before the socket counts as a slow consumer and is
@@ -58,8 +61,18 @@ const WRITE_BATCH: usize = 512;
 /// The read buffer each socket starts with. Chat frames are small; a larger message grows
 /// it as needed, up to [`MAX_CLIENT_MESSAGE_BYTES`].
 const READ_BUFFER_BYTES: usize = 256;
-/// How much the writer buffers before it writes without being asked to flush.
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// The WebSocket layer's settings for every socket: a small read buffer, client messages up
+/// to [`MAX_CLIENT_MESSAGE_BYTES`], and no write buffer of its own: every frame goes straight
+/// down to the [`WriteBuffer`](crate::write_buffer::WriteBuffer), which gathers a burst until
+/// the writer flushes and then lets its memory go.
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_CLIENT_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES))
+}
 
 /// The query of `GET /ws/chat?room=R&since=N`; both optional.
 #[derive(Debug, Deserialize)]
@@ -117,7 +130,7 @@ pub async fn upgrade_socket(
     Query(params): Query<SocketParams>,
     client: ClientInfo,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: SocketUpgrade,
 ) -> Response {
     if state.is_draining() {
         state.metrics.reject(Rejection::Draining);
@@ -146,15 +159,10 @@ pub async fn upgrade_socket(
         &state.socket_limits,
         &client,
     ));
-    upgrade
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_message_size(MAX_CLIENT_MESSAGE_BYTES)
-        .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
-        .on_upgrade(move |socket| {
-            let sockets = state.sockets.clone();
-            sockets.track_future(run_connection(socket, state, *opening, slot))
-        })
+    upgrade.on_upgrade(socket_config(), move |socket| {
+        let sockets = state.sockets.clone();
+        sockets.track_future(run_connection(socket, state, *opening, slot))
+    })
 }
 
 /// Why a socket was refused once open, and how it is told.
@@ -252,7 +260,7 @@ where
     state.metrics.reject(refusal.rejection);
     state.metrics.disconnect(refusal.code);
     let close = Message::Close(Some(CloseFrame {
-        code: refusal.code,
+        code: refusal.code.into(),
         reason: Utf8Bytes::from_static(refusal.reason),
     }));
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close)).await;
@@ -376,6 +384,7 @@ impl Connection<'_> {
             cutoff: snapshot.seen_up_to.max(since.unwrap_or(0)),
             state: state.clone(),
             batch: VecDeque::new(),
+            front_at: 0,
             written: 0,
             ping_due: false,
             flushing: false,
@@ -548,6 +557,9 @@ struct Writer<W> {
     /// Frames taken from the queue, being written; swapped with the queue's buffer, so in
     /// steady state nothing is allocated.
     batch: VecDeque<Frame>,
+    /// How much of the batch's first frame is already handed to the sink: a frame sent in
+    /// fragments may be cut by a write that has to wait.
+    front_at: usize,
     /// Frames written since the last flush.
     written: usize,
     /// A ping is due and not yet handed to the sink.
@@ -582,7 +594,9 @@ where
         let sink = &mut self.sink;
         let wrote = until_closed(&self.link, &self.state.metrics, async {
             for frame in &opening {
-                sink.feed(frame.to_message()).await?;
+                for piece in frame.pieces(0) {
+                    sink.feed(piece).await?;
+                }
             }
             sink.flush().await
         })
@@ -719,19 +733,29 @@ where
                 self.ping_due = false;
             }
             loop {
-                if self.batch.is_empty() {
+                let Some(frame) = self.batch.front() else {
                     if self.written < WRITE_BATCH {
                         self.link.take_queued(&mut self.batch);
                     }
                     if self.batch.is_empty() {
                         break;
                     }
+                    continue;
+                };
+                if !self.is_after_opening(frame) {
+                    self.batch.pop_front();
+                    continue;
                 }
                 ready!(self.sink.poll_ready_unpin(cx))?;
-                let frame = self.batch.pop_front().expect("the batch is not empty");
-                if self.is_after_opening(&frame) {
-                    self.sink.start_send_unpin(frame.to_message())?;
-                    self.written += 1;
+                let (piece, next) = frame.piece(self.front_at);
+                self.sink.start_send_unpin(piece)?;
+                match next {
+                    Some(at) => self.front_at = at,
+                    None => {
+                        self.front_at = 0;
+                        self.batch.pop_front();
+                        self.written += 1;
+                    }
                 }
             }
             self.flushing = true;
@@ -767,11 +791,15 @@ where
                 self.link.take_queued(&mut queued);
                 self.batch.append(&mut queued);
                 let mut written = 0;
+                let mut at = std::mem::take(&mut self.front_at);
                 while let Some(frame) = self.batch.pop_front() {
                     if self.is_after_opening(&frame) {
-                        self.sink.feed(frame.to_message()).await?;
+                        for piece in frame.pieces(at) {
+                            self.sink.feed(piece).await?;
+                        }
                         written += 1;
                     }
+                    at = 0;
                 }
                 self.state.metrics.messages_delivered.inc_by(written);
             }

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::Message;
 use confab::Config;
 use confab::app::AppState;
 use confab::protocol::RoomName;
@@ -18,6 +17,7 @@ use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tungstenite::Message;
 
 /// The error of a channel socket: the other end went away.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +193,7 @@ async fn a_peer_silent_for_60_seconds_is_closed_with_1001() {
     assert!(matches!(client.next_control().await, Message::Ping(_)));
     assert!(matches!(client.next_control().await, Message::Ping(_)));
     match client.next_control().await {
-        Message::Close(Some(frame)) => assert_eq!(frame.code, 1001),
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
         other => panic!("expected close 1001, got {other:?}"),
     }
     assert_eq!(opened.elapsed(), IDLE_TIMEOUT);
@@ -211,7 +211,7 @@ async fn any_frame_from_the_peer_keeps_it_alive() {
     assert!(matches!(client.next_control().await, Message::Ping(_)));
     assert!(matches!(client.next_control().await, Message::Ping(_)));
     match client.next_control().await {
-        Message::Close(Some(frame)) => assert_eq!(frame.code, 1001),
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
         other => panic!("expected close 1001, got {other:?}"),
     }
     assert_eq!(opened.elapsed(), PING_INTERVAL + IDLE_TIMEOUT);

@@ -17,3 +17,4 @@ mod soak;
 mod sockets;
 mod startup;
 mod topology;
+mod upgrade;
