@@ -87,6 +87,11 @@ impl SocketLink {
         std::mem::swap(&mut *self.lock(), batch);
     }
 
+    /// Gives back the queue's spare capacity, grown by a burst and kept for reuse since.
+    pub fn trim_queue(&self) {
+        self.lock().shrink_to_fit();
+    }
+
     /// Completes when something may have been queued since the last [`SocketLink::take_queued`],
     /// or the writer was [woken](SocketLink::wake) to look at the socket's state.
     pub async fn queued(&self) {
@@ -365,6 +370,16 @@ mod tests {
             link.lock().capacity() >= 1,
             "the writer's emptied buffer went back to the queue"
         );
+        batch.clear();
+        link.trim_queue();
+        assert_eq!(
+            link.lock().capacity(),
+            0,
+            "trimmed, the empty queue holds nothing"
+        );
+        link.push(Frame::new(3, "z")).unwrap();
+        link.trim_queue();
+        assert_eq!(link.lock().len(), 1, "trimming keeps what is queued");
     }
 
     #[tokio::test]

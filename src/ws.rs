@@ -696,6 +696,7 @@ where
                         next_ping = now + PING_INTERVAL;
                         self.ping_due = true;
                         due = true;
+                        self.trim();
                     }
                 }
                 () = link.queued() => due = true,
@@ -708,6 +709,16 @@ where
     /// at or below the cutoff were in the opening already.
     fn is_after_opening(&self, frame: &Frame) -> bool {
         frame.id() == 0 || frame.id() > self.cutoff
+    }
+
+    /// Gives back the memory a burst grew and the socket kept for the next one: the batch and
+    /// the queue's buffer. Run at every ping, so a socket that went quiet holds burst-sized
+    /// buffers for at most one [`PING_INTERVAL`]; a busy one reallocates them once per interval.
+    fn trim(&mut self) {
+        if self.batch.is_empty() {
+            self.batch.shrink_to_fit();
+        }
+        self.link.trim_queue();
     }
 
     /// Wakes when the sink may take more: the write waiting for the peer can go on.
