@@ -17,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Buffered bytes past which a write goes to the network before more are taken, even before
 /// the writer flushes.
 pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+/// The buffer's first allocation after a flush freed it: room for a chat frame or two.
+const FIRST_ALLOCATION_BYTES: usize = 512;
 
 /// A stream whose writes are gathered until a flush, in a buffer freed by the flush.
 #[derive(Debug)]
@@ -98,8 +100,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteBuffer<T> {
             ready!(this.poll_write_out(cx))?;
         }
         if this.buffer.capacity() == 0 {
-            // One allocation for a whole burst, rather than one per doubling.
-            this.buffer.reserve(WRITE_BUFFER_BYTES.max(bytes.len()));
+            // Most flushes carry a frame or two: a small first allocation is one the allocator
+            // serves from its per-thread cache; a burst doubles it a few times.
+            this.buffer.reserve(FIRST_ALLOCATION_BYTES.max(bytes.len()));
         }
         this.buffer.extend_from_slice(bytes);
         Poll::Ready(Ok(bytes.len()))
@@ -166,11 +169,13 @@ mod tests {
         for _ in 0..=fit {
             writer.write_all(&chunk).await.unwrap();
         }
+        let (pending, capacity) = writer.buffered();
         assert_eq!(
-            writer.buffered(),
-            (chunk.len(), WRITE_BUFFER_BYTES),
+            pending,
+            chunk.len(),
             "the chunk that did not fit went in after the full buffer was written out"
         );
+        assert!(capacity <= 2 * WRITE_BUFFER_BYTES, "{capacity}");
         let mut got = vec![0u8; fit * chunk.len()];
         far.read_exact(&mut got).await.unwrap();
         assert!(got.iter().all(|&b| b == 7));
@@ -189,6 +194,9 @@ mod tests {
         .await;
         assert!(filled.is_err(), "writes wait once the peer stops reading");
         let (_, capacity) = writer.buffered();
-        assert_eq!(capacity, WRITE_BUFFER_BYTES, "the buffer stays bounded");
+        assert!(
+            capacity <= 2 * WRITE_BUFFER_BYTES,
+            "the buffer stays bounded: {capacity}"
+        );
     }
 }
