@@ -3,7 +3,9 @@
 //! trimmed, non-empty and within the limit — and the frame readers must never panic.
 #![no_main]
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::Utf8Bytes;
 use confab::protocol::{ChatText, Incoming, classify, frame_id, parse_frame_header, splice_id};
 use libfuzzer_sys::fuzz_target;
 
@@ -17,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         0 => Message::text(text.clone()),
         1 => Message::binary(bytes::Bytes::copy_from_slice(rest)),
         2 => Message::Close((rest.len() >= 2).then(|| CloseFrame {
-            code: u16::from_be_bytes([rest[0], rest[1]]),
+            code: u16::from_be_bytes([rest[0], rest[1]]).into(),
             reason: Utf8Bytes::from(text.clone()),
         })),
         3 => Message::Ping(bytes::Bytes::copy_from_slice(rest)),
