@@ -60,9 +60,9 @@ impl<T: AsyncWrite + Unpin> WriteBuffer<T> {
         Poll::Ready(Ok(()))
     }
 
-    /// Hands everything gathered to the stream, flushes it, and lets the buffer's memory go:
-    /// the next burst allocates anew, an idle socket holds nothing.
-    fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Hands everything gathered to the stream and lets the buffer's memory go: the next
+    /// burst allocates anew, an idle socket holds nothing.
+    fn poll_write_out_and_release(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_write_out(cx))?;
         self.buffer = Vec::new();
         Poll::Ready(Ok(()))
@@ -109,12 +109,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteBuffer<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_write_all(cx))?;
+        ready!(self.poll_write_out_and_release(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_write_all(cx))?;
+        ready!(self.poll_write_out_and_release(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -42,10 +42,14 @@ async fn read_more(stream: &mut TcpStream, buffered: &mut Vec<u8>) {
     buffered.extend_from_slice(&chunk[..n]);
 }
 
-/// Sends `GET path` with `headers` (each `Name: value`) and reads the response head.
-async fn raw_get(addr: SocketAddr, path: &str, headers: &[&str]) -> RawResponse {
+/// Sends `GET path` asking for a WebSocket upgrade (`Connection: Upgrade`, `Upgrade:
+/// WebSocket`, as a client may spell them) with `headers` (each `Name: value`) besides, and
+/// reads the response head.
+async fn raw_handshake(addr: SocketAddr, path: &str, headers: &[&str]) -> RawResponse {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n"
+    );
     for header in headers {
         request.push_str(header);
         request.push_str("\r\n");
@@ -83,8 +87,6 @@ async fn raw_get(addr: SocketAddr, path: &str, headers: &[&str]) -> RawResponse 
     }
 }
 
-const HANDSHAKE: [&str; 2] = ["Connection: keep-alive, Upgrade", "Upgrade: WebSocket"];
-
 #[tokio::test]
 async fn a_plain_request_gets_426_naming_the_websocket_upgrade() {
     let app = spawn_app().await;
@@ -103,9 +105,8 @@ async fn a_plain_request_gets_426_naming_the_websocket_upgrade() {
 #[tokio::test]
 async fn a_handshake_for_another_version_gets_426_naming_version_13() {
     let app = spawn_app().await;
-    let mut headers = HANDSHAKE.to_vec();
-    headers.extend(["Sec-WebSocket-Version: 8", KEY_HEADER]);
-    let response = raw_get(app.addr, "/ws/chat", &headers).await;
+    let headers = ["Sec-WebSocket-Version: 8", KEY_HEADER];
+    let response = raw_handshake(app.addr, "/ws/chat", &headers).await;
     assert_eq!(response.status, 426);
     assert_eq!(response.header("sec-websocket-version"), Some("13"));
 }
@@ -113,17 +114,18 @@ async fn a_handshake_for_another_version_gets_426_naming_version_13() {
 #[tokio::test]
 async fn a_handshake_without_a_key_gets_400() {
     let app = spawn_app().await;
-    let mut headers = HANDSHAKE.to_vec();
-    headers.push("Sec-WebSocket-Version: 13");
-    assert_eq!(raw_get(app.addr, "/ws/chat", &headers).await.status, 400);
+    let headers = ["Sec-WebSocket-Version: 13"];
+    assert_eq!(
+        raw_handshake(app.addr, "/ws/chat", &headers).await.status,
+        400
+    );
 }
 
 #[tokio::test]
 async fn a_valid_handshake_is_answered_with_the_rfc_accept_key() {
     let app = spawn_app().await;
-    let mut headers = HANDSHAKE.to_vec();
-    headers.extend(["Sec-WebSocket-Version: 13", KEY_HEADER]);
-    let response = raw_get(app.addr, "/ws/chat", &headers).await;
+    let headers = ["Sec-WebSocket-Version: 13", KEY_HEADER];
+    let response = raw_handshake(app.addr, "/ws/chat", &headers).await;
     assert_eq!(response.status, 101);
     assert_eq!(response.header("sec-websocket-accept"), Some(ACCEPT));
     assert_eq!(response.header("upgrade"), Some("websocket"));
@@ -168,15 +170,14 @@ async fn a_big_rooms_list_goes_out_in_fragments_that_rebuild_it() {
         members.push(user);
     }
     let ann = app.sign_in("ann").await;
-    let mut headers = HANDSHAKE.to_vec();
     let cookie = format!("Cookie: {}", ann.cookie);
-    headers.extend(["Sec-WebSocket-Version: 13", KEY_HEADER, &cookie]);
+    let headers = ["Sec-WebSocket-Version: 13", KEY_HEADER, &cookie];
     let RawResponse {
         status,
         mut stream,
         rest: mut buffered,
         ..
-    } = raw_get(app.addr, "/ws/chat?room=big", &headers).await;
+    } = raw_handshake(app.addr, "/ws/chat?room=big", &headers).await;
     assert_eq!(status, 101);
 
     // History comes first (the members' joins); the list ends the opening.
