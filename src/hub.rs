@@ -10,29 +10,34 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::protocol::{Frame, RoomName, close};
 
 /// The link between one socket's task and everything that talks to it: its bounded outbound
-/// queue (filled by the hub and the socket's own reader, drained by its writer), its close
-/// request, and when the peer was last heard from. Shared through an `Arc` by the socket's
-/// tasks and its hub entry; dropped with the socket.
+/// queue (filled by the hub and the socket's own reader, drained by its write passes), its
+/// close request, and when the peer was last heard from. Shared through an `Arc` by the
+/// socket's task and its hub entry; dropped with the socket.
 ///
 /// The queue is a `VecDeque` under a mutex rather than a channel: it takes no memory while
-/// empty (an idle socket is cheap), and the writer takes everything queued in one swap.
+/// empty (an idle socket is cheap), and the socket takes everything queued in one swap. A push
+/// to an empty queue, a close and the node's drain all wake the socket's task through one
+/// [`AtomicWaker`], which the task registers each time it waits.
 #[derive(Debug)]
 pub struct SocketLink {
     queue: Mutex<VecDeque<Frame>>,
     capacity: usize,
-    queued: Notify,
+    /// The socket's task, as it last waited.
+    waker: AtomicWaker,
+    /// Set by every wake-up, cleared as the task takes it (see [`SocketLink::poll_signalled`]).
+    signalled: AtomicBool,
     close_code: AtomicU16,
     closing: AtomicBool,
-    closed: Notify,
     opened: Instant,
     last_seen_ms: AtomicU64,
 }
@@ -47,10 +52,10 @@ impl SocketLink {
         Self {
             queue: Mutex::new(VecDeque::new()),
             capacity,
-            queued: Notify::new(),
+            waker: AtomicWaker::new(),
+            signalled: AtomicBool::new(false),
             close_code: AtomicU16::new(0),
             closing: AtomicBool::new(false),
-            closed: Notify::new(),
             opened: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
         }
@@ -61,7 +66,7 @@ impl SocketLink {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `frame` for the writer, without waiting.
+    /// Queues `frame` for the socket, without waiting.
     ///
     /// # Errors
     /// [`QueueFull`] when the queue holds its capacity already; the frame is dropped.
@@ -73,9 +78,9 @@ impl SocketLink {
         let was_empty = queue.is_empty();
         queue.push_back(frame);
         drop(queue);
-        // A non-empty queue means the writer was told already and has not taken it yet.
+        // A non-empty queue means the task was told already and has not taken it yet.
         if was_empty {
-            self.queued.notify_one();
+            self.wake();
         }
         Ok(())
     }
@@ -92,10 +97,17 @@ impl SocketLink {
         self.lock().shrink_to_fit();
     }
 
-    /// Completes when something may have been queued since the last [`SocketLink::take_queued`],
-    /// or the writer was [woken](SocketLink::wake) to look at the socket's state.
-    pub async fn queued(&self) {
-        self.queued.notified().await;
+    /// Ready once something may have been queued, or the socket's state changed (a close, the
+    /// node's drain), since the last time it was ready; until then the task is woken by the
+    /// next such signal.
+    pub fn poll_signalled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the flag is read, so a signal in between is not missed.
+        self.waker.register(cx.waker());
+        if self.signalled.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Asks the socket to close with `code`. Returns whether this call decided the code.
@@ -104,27 +116,16 @@ impl SocketLink {
             .close_code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
-        self.stop();
+        self.closing.store(true, Ordering::Release);
+        self.wake();
         decided
     }
 
-    /// The peer closed (or vanished): stop the socket without sending a close of our own.
-    pub fn peer_closed(&self) {
-        self.stop();
-    }
-
-    fn stop(&self) {
-        self.closing.store(true, Ordering::Release);
-        self.closed.notify_waiters();
-        // The writer waits on the queue alone (one registration per wake-up, the cheapest
-        // wait there is), so a close wakes it there too.
-        self.wake();
-    }
-
-    /// Wakes the writer so that it looks at the socket's state (closed, node draining) even
-    /// with nothing queued.
+    /// Wakes the socket's task so that it looks at its queue and state (closed, node
+    /// draining).
     pub fn wake(&self) {
-        self.queued.notify_one();
+        self.signalled.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// The code the socket was asked to close with, if any.
@@ -135,18 +136,16 @@ impl SocketLink {
         }
     }
 
-    /// Completes once a close was asked for, by either side.
+    /// Completes once a close was asked for. Takes the task's wake-ups meanwhile: for a step
+    /// (the opening) after which the task looks at its queue anyway.
     pub async fn closed(&self) {
-        loop {
-            let notified = self.closed.notified();
-            tokio::pin!(notified);
-            // Registered before the flag is read, so a close in between is not missed.
-            notified.as_mut().enable();
-            if self.is_closed() {
-                return;
+        std::future::poll_fn(|cx| {
+            while !self.is_closed() {
+                ready!(self.poll_signalled(cx));
             }
-            notified.await;
-        }
+            Poll::Ready(())
+        })
+        .await;
     }
 
     /// Whether a close was asked for.
@@ -233,7 +232,7 @@ impl Hub {
         }
     }
 
-    /// Wakes the writer of every socket on this node (the node began draining).
+    /// Wakes the task of every socket on this node (the node began draining).
     pub fn wake_all(&self) {
         for subscribers in self.lock().values() {
             for subscriber in subscribers {
@@ -390,7 +389,7 @@ mod tests {
             async move { link.closed().await }
         });
         tokio::task::yield_now().await;
-        link.peer_closed();
+        link.close(close::GOING_AWAY);
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .unwrap()

@@ -9,23 +9,20 @@
 
 use std::borrow::Borrow;
 use std::fmt;
-use std::sync::Arc;
+use std::io::Cursor;
+use std::sync::{Arc, LazyLock};
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::{Frame as WireFrame, Utf8Bytes};
+use tungstenite::protocol::frame::{FrameHeader as WireHeader, Utf8Bytes};
 
 /// Largest client message accepted, in bytes, whether one frame or reassembled fragments.
 /// A larger one closes the socket with [`close::MESSAGE_TOO_BIG`].
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 64 * 1024;
-
-/// Largest piece of a server frame on the wire: a longer frame (a big room's `list`) goes out
-/// as fragments of this size, so the WebSocket layer's buffer, which keeps the size of the
-/// largest piece it ever held, stays small for the socket's whole life.
-pub const FRAGMENT_BYTES: usize = 2 * 1024;
 
 /// Close codes confab sends, and the reasons that go with them.
 pub mod close {
@@ -200,20 +197,35 @@ pub enum EventKind {
 
 /// A server frame, serialized once and shared by every socket that gets it.
 ///
+/// It holds the frame as it goes on the wire: the WebSocket header of an unmasked, final text
+/// frame, then the JSON text. Every socket sends the same bytes (a server never masks), so
+/// they are made once, by [`Frame::new`], and each socket only copies them to its socket.
+///
 /// `id` is the frame's message id, or `0` for frames without one (`error`); the socket task
 /// uses it to drop live frames already covered by the history it replayed.
 #[derive(Clone, Debug)]
 pub struct Frame {
     id: u64,
-    text: Utf8Bytes,
+    wire: Bytes,
 }
 
 impl Frame {
-    /// Wraps already-serialized JSON text whose message id is `id`.
-    pub fn new(id: u64, text: impl Into<Utf8Bytes>) -> Self {
+    /// Encodes already-serialized JSON text whose message id is `id`.
+    pub fn new(id: u64, text: impl AsRef<str>) -> Self {
+        let text = text.as_ref().as_bytes();
+        let header = WireHeader {
+            opcode: OpCode::Data(Data::Text),
+            ..WireHeader::default()
+        };
+        let length = text.len() as u64;
+        let mut wire = Vec::with_capacity(header.len(length) + text.len());
+        header
+            .format(length, &mut wire)
+            .expect("writing to a Vec cannot fail");
+        wire.extend_from_slice(text);
         Self {
             id,
-            text: text.into(),
+            wire: wire.into(),
         }
     }
 
@@ -222,42 +234,20 @@ impl Frame {
         self.id
     }
 
-    /// The JSON text.
-    pub fn text(&self) -> &str {
-        self.text.as_str()
+    /// The whole WebSocket frame, header and text, as it goes on the wire.
+    pub fn wire(&self) -> &[u8] {
+        &self.wire
     }
 
-    /// The WebSocket message for this frame's text from byte `at` on (`0` for a frame not
-    /// yet begun), and where the next piece starts if this one is not the last. A frame up to
-    /// [`FRAGMENT_BYTES`] is one text message; a longer one goes in fragments of that size.
-    /// Shares the text, copies nothing.
-    pub fn piece(&self, at: usize) -> (Message, Option<usize>) {
-        let len = self.text.len();
-        if at == 0 && len <= FRAGMENT_BYTES {
-            return (Message::Text(self.text.clone()), None);
-        }
-        let end = len.min(at + FRAGMENT_BYTES);
-        let opcode = if at == 0 {
-            OpCode::Data(Data::Text)
-        } else {
-            OpCode::Data(Data::Continue)
-        };
-        let bytes = bytes::Bytes::from(self.text.clone()).slice(at..end);
-        let next = (end < len).then_some(end);
-        (
-            Message::Frame(WireFrame::message(bytes, opcode, next.is_none())),
-            next,
-        )
-    }
-
-    /// Every WebSocket message for this frame from byte `at` on: see [`Frame::piece`].
-    pub fn pieces(&self, at: usize) -> impl Iterator<Item = Message> + '_ {
-        let mut next = Some(at);
-        std::iter::from_fn(move || {
-            let (message, after) = self.piece(next?);
-            next = after;
-            Some(message)
-        })
+    /// The JSON text, sharing the frame's memory. Reads the header to find it: for tests, and
+    /// for sockets that take messages rather than bytes.
+    pub fn text(&self) -> Utf8Bytes {
+        let (_, length) = WireHeader::parse(&mut Cursor::new(&self.wire[..]))
+            .ok()
+            .flatten()
+            .expect("a frame starts with the header `new` wrote");
+        let payload = self.wire.slice(self.wire.len() - length as usize..);
+        Utf8Bytes::try_from(payload).expect("the payload is the text `new` took")
     }
 }
 
@@ -360,10 +350,23 @@ impl ErrorCode {
         }
     }
 
-    /// The frame sent to the offending socket. The texts are static: building one allocates
-    /// nothing, which matters when a flood is being refused.
+    /// The frame sent to the offending socket. Encoded once per process: sending one
+    /// allocates nothing, which matters when a flood is being refused.
     pub fn frame(self) -> Frame {
-        let text = match self {
+        static FRAMES: LazyLock<[Frame; 3]> = LazyLock::new(|| {
+            [
+                ErrorCode::TooLong,
+                ErrorCode::RateLimited,
+                ErrorCode::Unavailable,
+            ]
+            .map(|code| Frame::new(0, code.text()))
+        });
+        // Indexed in declaration order, as the array above is built.
+        FRAMES[self as usize].clone()
+    }
+
+    fn text(self) -> &'static str {
+        match self {
             Self::TooLong => {
                 r#"{"type":"error","code":"too_long","message":"Message is too long; it was not sent."}"#
             }
@@ -373,8 +376,7 @@ impl ErrorCode {
             Self::Unavailable => {
                 r#"{"type":"error","code":"unavailable","message":"The chat service is unavailable; the message was not delivered to anyone."}"#
             }
-        };
-        Frame::new(0, Utf8Bytes::from_static(text))
+        }
     }
 }
 
@@ -536,9 +538,10 @@ mod tests {
             r#"{"id":42,"type":"chat","room":"lobby","user":{"id":"u1","name":"ann","image":"/i.svg"},"data":"say \"hi\" <b>","ts":1764072000000}"#
         );
         assert_eq!(frame.id(), 42);
-        let header = parse_frame_header(frame.text()).unwrap();
+        let text = frame.text();
+        let header = parse_frame_header(&text).unwrap();
         assert_eq!((header.id, header.room), (42, "lobby"));
-        assert_eq!(frame_id(frame.text()), Some(42));
+        assert_eq!(frame_id(&text), Some(42));
         assert_eq!(frame_id(r#"{"type":"list"}"#), None);
     }
 
@@ -551,7 +554,7 @@ mod tests {
                 .unwrap()
                 .into();
         let frame = list_frame(7, &RoomName::lobby(), &me, &[me.clone().into(), other], 5);
-        let value: serde_json::Value = serde_json::from_str(frame.text()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&frame.text()).unwrap();
         assert_eq!(value["id"], 7);
         assert_eq!(value["type"], "list");
         assert_eq!(value["data"].as_array().unwrap().len(), 2);
@@ -559,41 +562,28 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_up_to_a_fragment_is_one_text_message() {
-        let text = "x".repeat(FRAGMENT_BYTES);
-        let frame = Frame::new(1, text.clone());
-        let (message, next) = frame.piece(0);
-        assert_eq!(next, None);
-        assert!(matches!(&message, Message::Text(t) if t.as_str() == text));
-        assert_eq!(frame.pieces(0).count(), 1);
+    fn a_frame_is_one_final_text_frame_on_the_wire_whatever_its_length() {
+        // Lengths at each of the header's three length encodings and their edges.
+        for length in [0, 1, 125, 126, 65_535, 65_536, 70_000] {
+            let text = "😀".repeat(length / 4) + &"x".repeat(length % 4);
+            let frame = Frame::new(3, &text);
+            let mut wire = Cursor::new(frame.wire());
+            let (header, payload) = WireHeader::parse(&mut wire).unwrap().unwrap();
+            assert_eq!(header.opcode, OpCode::Data(Data::Text), "length {length}");
+            assert!(header.is_final && header.mask.is_none(), "length {length}");
+            assert_eq!(payload, length as u64, "length {length}");
+            let at = wire.position() as usize;
+            assert_eq!(&frame.wire()[at..], text.as_bytes(), "length {length}");
+            assert_eq!(frame.text().as_str(), text, "length {length}");
+        }
     }
 
     #[test]
-    fn a_longer_frame_goes_in_fragments_that_rebuild_it_even_across_characters() {
-        // Four-byte characters, so fragment edges fall inside them.
-        let text = "😀".repeat(FRAGMENT_BYTES / 2 + 3);
-        let frame = Frame::new(1, text.clone());
-        let pieces: Vec<_> = frame
-            .pieces(0)
-            .map(|message| match message {
-                Message::Frame(frame) => frame,
-                other => panic!("not a raw frame: {other:?}"),
-            })
-            .collect();
-        assert_eq!(pieces.len(), text.len().div_ceil(FRAGMENT_BYTES));
-        let mut rebuilt = Vec::new();
-        for (i, piece) in pieces.iter().enumerate() {
-            let header = piece.header();
-            let expected = if i == 0 { Data::Text } else { Data::Continue };
-            assert_eq!(header.opcode, OpCode::Data(expected), "piece {i}");
-            assert_eq!(header.is_final, i == pieces.len() - 1, "piece {i}");
-            assert!(piece.payload().len() <= FRAGMENT_BYTES);
-            rebuilt.extend_from_slice(piece.payload());
-        }
-        assert_eq!(rebuilt, text.as_bytes());
-        // Resuming where a cut write stopped gives the rest.
-        let (_, second) = frame.piece(0);
-        assert_eq!(frame.pieces(second.unwrap()).count(), pieces.len() - 1);
+    fn error_frames_are_encoded_once_and_shared() {
+        let first = ErrorCode::RateLimited.frame();
+        let second = ErrorCode::RateLimited.frame();
+        assert_eq!(first.wire().as_ptr(), second.wire().as_ptr());
+        assert!(first.text().contains("rate_limited"));
     }
 
     #[test]
@@ -632,7 +622,7 @@ mod tests {
             ErrorCode::RateLimited,
             ErrorCode::Unavailable,
         ] {
-            let value: serde_json::Value = serde_json::from_str(code.frame().text()).unwrap();
+            let value: serde_json::Value = serde_json::from_str(&code.frame().text()).unwrap();
             assert_eq!(value["type"], "error");
             assert_eq!(value["code"], code.as_str());
             assert!(value["message"].as_str().is_some_and(|m| !m.is_empty()));

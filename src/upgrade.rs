@@ -2,26 +2,47 @@
 //! stream.
 //!
 //! axum's extractor hides the WebSocket stream and its frames; confab needs both: to put
-//! [`WriteBuffer`] under the WebSocket layer, and to send a large frame (a big room's `list`)
-//! in fragments, so that no socket keeps a buffer the size of its room for the rest of its
-//! life. The checks follow RFC 6455 §4.2: a request that is no WebSocket handshake gets `426`,
+//! [`WriteBuffer`] under the WebSocket layer, and to write event frames that are encoded once
+//! for every socket straight into it ([`FrameSink`]), so that no socket frames them again or
+//! keeps a buffer the size of the largest one for the rest of its life. The checks follow RFC 6455 §4.2: a request that is no WebSocket handshake gets `426`,
 //! a malformed one `400`, an unknown protocol version `426` naming version 13.
+
+use std::task::{Context, Poll};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::protocol::Frame;
 use crate::write_buffer::WriteBuffer;
+use crate::ws::FrameSink;
 
 /// An open server socket: the WebSocket protocol over the write buffer over the upgraded
 /// connection.
 pub type ServerSocket = WebSocketStream<WriteBuffer<TokioIo<Upgraded>>>;
+
+impl FrameSink for ServerSocket {
+    /// Puts the frame's wire bytes into the write buffer, past the WebSocket layer: the layer
+    /// writes its own frames through to the same buffer at once, so the two never interleave
+    /// inside a frame.
+    fn poll_send_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        frame: &Frame,
+    ) -> Poll<Result<(), tungstenite::Error>> {
+        self.get_mut()
+            .poll_put(cx, frame.wire())
+            .map_err(tungstenite::Error::Io)
+    }
+}
 
 /// A checked WebSocket handshake, ready to be answered with `101 Switching Protocols`.
 pub struct SocketUpgrade {
@@ -105,19 +126,25 @@ impl SocketUpgrade {
         F: FnOnce(ServerSocket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        // Boxed: the handover is needed once, and the task should not keep room for it.
         let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
+        let handover = Box::pin(async move {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(error) => {
                     tracing::debug!(%error, "the connection closed during the upgrade");
-                    return;
+                    return None;
                 }
             };
             let stream = WriteBuffer::new(TokioIo::new(upgraded));
-            let socket = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
-            serve(socket).await;
+            Some(WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await)
         });
+        // A combinator rather than a block: the socket moves from the handover's output into
+        // `serve` without a second copy kept beside it.
+        tokio::spawn(handover.then(|socket| match socket {
+            Some(socket) => Either::Left(serve(socket)),
+            None => Either::Right(std::future::ready(())),
+        }));
         let accept = HeaderValue::from_str(&self.accept_key).expect("base64 is a header value");
         (
             StatusCode::SWITCHING_PROTOCOLS,

@@ -7,6 +7,12 @@
 //! buffer size is 0) and buffers here instead: frames gather in [`WriteBuffer`] until the
 //! writer flushes, which makes a burst one write to the network, and the flush gives the
 //! memory back.
+//!
+//! Two kinds of writes come down. The socket's event frames, already encoded
+//! ([`Frame::wire`](crate::protocol::Frame::wire)), are [put](WriteBuffer::poll_put) whole or
+//! not at all, waiting while a full buffer goes out. The WebSocket layer's own frames (pings,
+//! pongs, closes) come through [`AsyncWrite`] and are always taken whole at once: the layer
+//! never holds half a frame of its own that a later put could overtake on the wire.
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// The buffer's first allocation after a flush freed it: room for a chat frame or two.
 const FIRST_ALLOCATION_BYTES: usize = 512;
+/// Buffered bytes past which the WebSocket layer's own frames are refused with an error: a
+/// peer that keeps sending pings and never reads their pongs ends its socket here.
+pub const MAX_BUFFERED_BYTES: usize = 4 * WRITE_BUFFER_BYTES;
 
 /// A stream whose writes are gathered until a flush, in a buffer freed by the flush.
 #[derive(Debug)]
@@ -43,6 +52,25 @@ impl<T: AsyncWrite + Unpin> WriteBuffer<T> {
     /// The bytes gathered and not yet handed to the stream, and the memory held for them.
     pub fn buffered(&self) -> (usize, usize) {
         (self.buffer.len() - self.written, self.buffer.capacity())
+    }
+
+    /// Takes `bytes` whole (an encoded frame), after writing out what is gathered if they
+    /// would not fit beside it; `Pending` until that is written.
+    pub fn poll_put(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<()>> {
+        if !self.buffer.is_empty() && self.buffer.len() + bytes.len() > WRITE_BUFFER_BYTES {
+            ready!(self.poll_write_out(cx))?;
+        }
+        self.append(bytes);
+        Poll::Ready(Ok(()))
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        if self.buffer.capacity() == 0 {
+            // Most flushes carry a frame or two: a small first allocation is one the allocator
+            // serves from its per-thread cache; a burst doubles it a few times.
+            self.buffer.reserve(FIRST_ALLOCATION_BYTES.max(bytes.len()));
+        }
+        self.buffer.extend_from_slice(bytes);
     }
 
     /// Hands everything gathered to the stream; the memory stays for the rest of the burst.
@@ -90,21 +118,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for WriteBuffer<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for WriteBuffer<T> {
+    /// The WebSocket layer's own frames: taken whole at once, never `Pending` (see the module
+    /// notes). A full buffer is written out first as far as the stream takes it.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bytes: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if !this.buffer.is_empty() && this.buffer.len() + bytes.len() > WRITE_BUFFER_BYTES {
-            ready!(this.poll_write_out(cx))?;
+        if this.buffer.len() + bytes.len() > WRITE_BUFFER_BYTES
+            && let Poll::Ready(Err(error)) = this.poll_write_out(cx)
+        {
+            return Poll::Ready(Err(error));
         }
-        if this.buffer.capacity() == 0 {
-            // Most flushes carry a frame or two: a small first allocation is one the allocator
-            // serves from its per-thread cache; a burst doubles it a few times.
-            this.buffer.reserve(FIRST_ALLOCATION_BYTES.max(bytes.len()));
+        if this.buffer.len() - this.written + bytes.len() > MAX_BUFFERED_BYTES {
+            return Poll::Ready(Err(io::Error::other(
+                "the peer does not read what the socket writes",
+            )));
         }
-        this.buffer.extend_from_slice(bytes);
+        this.append(bytes);
         Poll::Ready(Ok(bytes.len()))
     }
 
@@ -161,13 +193,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_buffer_goes_out_before_more_is_taken() {
+    async fn a_full_buffer_goes_out_before_more_is_put() {
         let (near, mut far) = tokio::io::duplex(256 * 1024);
         let mut writer = WriteBuffer::new(near);
         let chunk = vec![7u8; 1000];
         let fit = WRITE_BUFFER_BYTES / chunk.len();
         for _ in 0..=fit {
-            writer.write_all(&chunk).await.unwrap();
+            std::future::poll_fn(|cx| writer.poll_put(cx, &chunk))
+                .await
+                .unwrap();
         }
         let (pending, capacity) = writer.buffered();
         assert_eq!(
@@ -182,21 +216,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_peer_that_stops_reading_makes_writes_wait_not_grow() {
+    async fn a_peer_that_stops_reading_makes_puts_wait_not_grow() {
         let (near, _far) = tokio::io::duplex(1024);
         let mut writer = WriteBuffer::new(near);
         let chunk = vec![1u8; 4096];
         let filled = tokio::time::timeout(std::time::Duration::from_millis(200), async {
             loop {
-                writer.write_all(&chunk).await.unwrap();
+                std::future::poll_fn(|cx| writer.poll_put(cx, &chunk))
+                    .await
+                    .unwrap();
             }
         })
         .await;
-        assert!(filled.is_err(), "writes wait once the peer stops reading");
+        assert!(filled.is_err(), "puts wait once the peer stops reading");
         let (_, capacity) = writer.buffered();
         assert!(
             capacity <= 2 * WRITE_BUFFER_BYTES,
             "the buffer stays bounded: {capacity}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_layers_own_frames_are_taken_whole_until_the_limit() {
+        let (near, _far) = tokio::io::duplex(1024);
+        let mut writer = WriteBuffer::new(near);
+        let pong = [0x8a_u8, 125]
+            .into_iter()
+            .chain([0; 125])
+            .collect::<Vec<_>>();
+        let mut taken = 0;
+        let refused = loop {
+            let mut cx = Context::from_waker(Waker::noop());
+            match Pin::new(&mut writer).poll_write(&mut cx, &pong) {
+                Poll::Ready(Ok(n)) => {
+                    assert_eq!(n, pong.len(), "taken whole");
+                    taken += n;
+                }
+                Poll::Ready(Err(error)) => break error,
+                Poll::Pending => panic!("the layer's frames never wait"),
+            }
+        };
+        assert!(refused.to_string().contains("does not read"), "{refused}");
+        assert!(taken <= MAX_BUFFERED_BYTES + 1024, "{taken}");
+        assert!(taken >= MAX_BUFFERED_BYTES - pong.len(), "{taken}");
     }
 }

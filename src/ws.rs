@@ -1,18 +1,19 @@
 //! `GET /ws/chat`: the upgrade checks, and the task that runs one socket from its first frame
 //! to its close.
 //!
-//! After the upgrade the socket is split. A writer task owns the sending half: it writes the
-//! opening (history, then `list`), then drains the socket's bounded outbound queue, writing
-//! every queued frame before one flush, and sends pings. The connection task itself reads:
-//! each text frame is checked, rate-limited and published through the broker. Whichever half
-//! ends first stops the other through the socket's [`SocketLink`], and the leave/cleanup
-//! runs in one place at the end of [`run_connection`].
+//! After the upgrade one task runs the socket. It writes the opening (history, then `list`),
+//! then polls everything at once in one loop: the peer's frames (each text frame is checked,
+//! rate-limited and published through the broker), the socket's bounded outbound queue (every
+//! queued frame written before one flush), pings, and the idle, stall and drain deadlines on
+//! one timer. Whatever ends it, the close and the leave run in one place at the end. One task
+//! and no lock between a reading and a writing half keep an idle socket small.
 //!
 //! The loop is generic over `Sink`/`Stream`, so tests drive it through channels with tokio's
 //! paused clock (heartbeats, idle timeout) as well as through real sockets.
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -23,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::{Instrument, debug, info_span};
 use tungstenite::Message;
 use tungstenite::protocol::frame::Utf8Bytes;
@@ -224,7 +225,23 @@ impl Opening {
     }
 }
 
-/// Runs one socket: the checks after the upgrade, the join, the reader loop, and cleanup.
+/// A WebSocket's sending side as the socket task uses it: tungstenite's messages for pings and
+/// closes, and event frames handed down already encoded ([`Frame::wire`]).
+pub trait FrameSink: Sink<Message> + Unpin {
+    /// Hands `frame` down whole, or not at all (`Pending`): nothing may come between its
+    /// bytes. The default sends its text as one text message; the server's own socket puts
+    /// the encoded bytes into its write buffer (see [`crate::upgrade`]).
+    fn poll_send_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        frame: &Frame,
+    ) -> Poll<Result<(), Self::Error>> {
+        ready!(self.poll_ready_unpin(cx))?;
+        Poll::Ready(self.start_send_unpin(Message::Text(frame.text())))
+    }
+}
+
+/// Runs one socket: the checks after the upgrade, the join, the live loop, and cleanup.
 ///
 /// Every way out counts the close in `confab_disconnects_total` and, once the socket joined,
 /// leaves the room through the broker. Not an `async fn`: the checks run here, before any
@@ -237,17 +254,14 @@ pub fn run_connection<S, E>(
     slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send + 'static
 where
-    S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Send + 'static,
+    S: Stream<Item = Result<Message, E>> + FrameSink<Error = E> + Send + 'static,
     E: StdError + Send + Sync + 'static,
 {
-    let (sink, stream) = socket.split();
     match opening.check() {
-        Err(refusal) => Either::Left(refuse(sink, state, refusal, slot)),
+        Err(refusal) => Either::Left(refuse(socket, state, refusal, slot)),
         Ok(accepted) => {
             let span = info_span!("socket", room.id = %accepted.room, user.id = %accepted.user.id(), conn.id = slot.id());
-            // Boxed until the writer takes it: the socket's task would otherwise keep room for
-            // it (at every level it passes through) for the socket's whole life.
-            Either::Right(serve(Box::new(sink), stream, state, accepted, slot).instrument(span))
+            Either::Right(serve(socket, state, accepted, slot).instrument(span))
         }
     }
 }
@@ -267,97 +281,147 @@ where
     drop(slot);
 }
 
-/// An accepted socket, from its join to its leave. (Not an `async fn`, which would keep a
-/// second copy of its arguments in the socket's task.)
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn would store its arguments twice"
-)]
-fn serve<W, R, E>(
-    sink: Box<W>,
-    mut stream: R,
+/// An accepted socket, from its join to its leave.
+///
+/// Not an `async fn`: the [`Socket`] is built before the `async` block. A block keeps room for
+/// what it captures for its whole life, so it captures the socket whole, once, rather than the
+/// parts the socket is made of beside the socket itself.
+fn serve<S, E>(
+    ws: S,
     state: AppState,
     accepted: Accepted,
     slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send
 where
-    W: Sink<Message, Error = E> + Send + Unpin + 'static,
-    R: Stream<Item = Result<Message, E>> + Send + Unpin,
+    S: Stream<Item = Result<Message, E>> + FrameSink<Error = E> + Send + 'static,
     E: StdError + Send + Sync + 'static,
 {
+    let Accepted {
+        user,
+        room,
+        since,
+        permit,
+    } = accepted;
+    let mut socket = Socket {
+        ws,
+        state,
+        room,
+        user,
+        link: Arc::new(SocketLink::new(OUTBOUND_QUEUE_FRAMES)),
+        cutoff: 0,
+        batch: VecDeque::new(),
+        written: 0,
+        ping_due: false,
+        flushing: false,
+        bucket: TokenBucket::new(Instant::now()),
+        publishing: None,
+    };
     async move {
-        let connection = Connection {
-            state: &state,
-            room: &accepted.room,
-            user: &accepted.user,
-            link: Arc::new(SocketLink::new(OUTBOUND_QUEUE_FRAMES)),
-        };
-        let code = connection.run(sink, &mut stream, accepted.since).await;
-        state.metrics.disconnect(code);
+        let code = socket.run(since).await;
+        socket.state.metrics.disconnect(code);
         debug!(close.code = code, "socket closed");
-        drop((slot, accepted.permit));
+        drop((slot, permit));
     }
 }
 
-/// The parts of one open socket that its reader and cleanup share.
-struct Connection<'a> {
-    state: &'a AppState,
-    room: &'a RoomName,
-    user: &'a Identity,
-    link: Arc<SocketLink>,
+/// How the live loop ended.
+enum Ended {
+    /// The peer closed with this code, or vanished (1006).
+    Peer(u16),
+    /// The server decided to close; the code is the link's.
+    Server,
 }
 
-impl Connection<'_> {
-    /// Joins, reads until either side closes, and leaves. Returns the close code to count.
-    async fn run<W, R, E>(&self, sink: Box<W>, stream: &mut R, since: Option<u64>) -> u16
-    where
-        W: Sink<Message, Error = E> + Send + Unpin + 'static,
-        R: Stream<Item = Result<Message, E>> + Unpin,
-        E: StdError + Send + Sync + 'static,
-    {
-        let state = self.state;
+/// A chat message on its way through the broker: `Some` error to send back once it is refused.
+type Publishing = Pin<Box<dyn Future<Output = Option<ErrorCode>> + Send>>;
+
+/// One open socket, run by one task from its join to its leave: it reads the peer's frames
+/// and publishes their chats, and writes what the hub queues for it, pings and the close.
+///
+/// A write in progress lives in these fields rather than in a future (see
+/// [`Socket::poll_write`]), and the live loop is one hand-written poll over all of it: the
+/// task of an idle socket holds its state and nothing else.
+struct Socket<S> {
+    ws: S,
+    state: AppState,
+    room: RoomName,
+    user: Identity,
+    link: Arc<SocketLink>,
+    /// Live frames at or below this id are covered by the opening history (or `since`).
+    cutoff: u64,
+    /// Frames taken from the queue, being written; swapped with the queue's buffer, so in
+    /// steady state nothing is allocated.
+    batch: VecDeque<Frame>,
+    /// Frames written since the last flush.
+    written: usize,
+    /// A ping is due and not yet handed to the socket.
+    ping_due: bool,
+    /// Everything taken is handed to the socket; only the flush remains.
+    flushing: bool,
+    /// The peer's chat rate limit.
+    bucket: TokenBucket,
+    /// The chat being published; the next frame is read once it is through.
+    publishing: Option<Publishing>,
+}
+
+/// The live loop's deadlines, and whether a write pass is due.
+struct LiveClock {
+    next_ping: Instant,
+    /// When a draining node closes this socket.
+    drain_at: Option<Instant>,
+    /// Set while a write waits for the peer: past it, the client stopped reading.
+    stall_at: Option<Instant>,
+    /// Something may have been queued, or a ping fell due, since the last write pass started.
+    due: bool,
+}
+
+impl LiveClock {
+    fn deadline(&self, silent_until: Instant) -> Instant {
+        let mut deadline = self.next_ping.min(silent_until);
+        for at in [self.drain_at, self.stall_at].into_iter().flatten() {
+            deadline = deadline.min(at);
+        }
+        deadline
+    }
+}
+
+/// How many steps (a frame read, a write pass, a wake-up) the live loop takes in one poll
+/// before it lets the other sockets of its thread run.
+const LIVE_STEPS_PER_POLL: usize = 64;
+
+impl<S, E> Socket<S>
+where
+    S: Stream<Item = Result<Message, E>> + FrameSink<Error = E> + Send + 'static,
+    E: StdError + Send + Sync + 'static,
+{
+    /// Joins, runs until either side closes, and leaves. Returns the close code to count.
+    async fn run(&mut self, since: Option<u64>) -> u16 {
         // Registered before the snapshot is taken: every frame after the snapshot reaches the
-        // queue, and the writer drops the ones the snapshot already covers.
-        let registration = state.hub.register(self.room, self.link.clone());
+        // queue, and the write passes drop the ones the snapshot already covers.
+        let registration = self.state.hub.register(&self.room, self.link.clone());
         // Boxed: joining happens once, and its future should not weigh on the socket's task
         // for the rest of the socket's life.
-        let writer = match Box::pin(self.join(sink, since)).await {
-            Ok(writer) => writer,
-            Err(code) => return code,
-        };
-        let peer_code = self.read(stream).await;
-        if peer_code.is_some() {
-            // The peer went first: the writer flushes the close reply the WebSocket layer
-            // queued, and stops.
-            self.link.peer_closed();
+        if let Err(code) = Box::pin(self.open(since)).await {
+            return code;
         }
-        let _ = writer.await;
+        let ended = self.live().await;
         drop(registration);
         // Once, at the end: boxed for the same reason as the join.
-        Box::pin(self.finish(stream, peer_code)).await
+        Box::pin(self.finish(ended)).await
     }
 
-    /// Joins the room through the broker and starts the writer with the opening (history,
-    /// then `list`). Returns the close code when the broker is unavailable.
-    async fn join<W, E>(
-        &self,
-        sink: Box<W>,
-        since: Option<u64>,
-    ) -> Result<tokio::task::JoinHandle<()>, u16>
-    where
-        W: Sink<Message, Error = E> + Send + Unpin + 'static,
-        E: StdError + Send + Sync + 'static,
-    {
-        let state = self.state;
-        let mut sink = *sink;
-        let snapshot = match state.broker.join(self.room, self.user, since).await {
+    /// Joins the room through the broker and writes the opening (history, then `list`).
+    /// Returns the close code when the broker is unavailable.
+    async fn open(&mut self, since: Option<u64>) -> Result<(), u16> {
+        let state = &self.state;
+        let snapshot = match state.broker.join(&self.room, &self.user, since).await {
             Ok(snapshot) => snapshot,
             Err(error) => {
                 // Redis outages are logged once by the broker; per-socket detail is debug.
                 debug!(%error, "cannot join: broker unavailable");
                 let _ = tokio::time::timeout(
                     CLOSE_TIMEOUT,
-                    sink.send(close_message(close::TRY_AGAIN_LATER)),
+                    self.ws.send(close_message(close::TRY_AGAIN_LATER)),
                 )
                 .await;
                 return Err(close::TRY_AGAIN_LATER);
@@ -371,132 +435,214 @@ impl Connection<'_> {
             .unwrap_or(0);
         let list = list_frame(
             list_id,
-            self.room,
+            &self.room,
             self.user.json(),
             &snapshot.members,
             now_ms(),
         );
+        self.cutoff = snapshot.seen_up_to.max(since.unwrap_or(0));
         let mut opening = snapshot.history;
         opening.push(list);
-        let writer = Writer {
-            sink,
-            link: self.link.clone(),
-            cutoff: snapshot.seen_up_to.max(since.unwrap_or(0)),
-            state: state.clone(),
-            batch: VecDeque::new(),
-            front_at: 0,
-            written: 0,
-            ping_due: false,
-            flushing: false,
+        let written = opening.len() as u64;
+        let ws = &mut self.ws;
+        let wrote = until_closed(&self.link, &state.metrics, async {
+            for frame in &opening {
+                std::future::poll_fn(|cx| ws.poll_send_frame(cx, frame)).await?;
+            }
+            ws.flush().await
+        })
+        .await;
+        match wrote {
+            Some(Ok(())) => state.metrics.messages_delivered.inc_by(written),
+            Some(Err(_)) => {
+                self.link.close(close::ABNORMAL);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The live loop: the peer's frames, queued frames, pings, the idle check, write stalls and
+    /// the drain, in one task on one timer.
+    async fn live(&mut self) -> Ended {
+        let mut clock = LiveClock {
+            next_ping: Instant::now() + PING_INTERVAL,
+            drain_at: None,
+            stall_at: None,
+            // The frames queued while the opening was written come first.
+            due: true,
         };
-        Ok(tokio::spawn(writer.run(opening)))
+        let timer = tokio::time::sleep_until(clock.deadline(self.link.silent_until(IDLE_TIMEOUT)));
+        tokio::pin!(timer);
+        std::future::poll_fn(|cx| self.poll_live(cx, &mut clock, timer.as_mut())).await
     }
 
-    /// After both halves stopped: waits for the peer's answer to our close frame (if we sent
-    /// one), leaves the room, and returns the close code to count.
-    async fn finish<R, E>(&self, stream: &mut R, peer_code: Option<u16>) -> u16
-    where
-        R: Stream<Item = Result<Message, E>> + Unpin,
-    {
-        if peer_code.is_none() {
-            // We sent a close frame: give the peer a moment to answer it, so it ends cleanly.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                while let Some(Ok(message)) = stream.next().await {
-                    if matches!(message, Message::Close(_)) {
-                        break;
+    /// One poll of the live loop: takes every step that can be taken now, then waits on the
+    /// socket (read, and write while one waits for the peer), the link's wake-ups and the
+    /// timer, all registered by the steps themselves.
+    fn poll_live(
+        &mut self,
+        cx: &mut Context<'_>,
+        clock: &mut LiveClock,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Poll<Ended> {
+        for _ in 0..LIVE_STEPS_PER_POLL {
+            if self.link.is_closed() {
+                return Poll::Ready(Ended::Server);
+            }
+            if clock.drain_at.is_none() && self.state.shutdown.is_cancelled() {
+                let delay = self.state.drain_spread().mul_f64(rand::random::<f64>());
+                clock.drain_at = Some(Instant::now() + delay);
+            }
+            let mut stepped = false;
+            // A chat is published before the next frame is read: the peer's messages go out in
+            // the order it sent them.
+            if let Some(publishing) = self.publishing.as_mut()
+                && let Poll::Ready(refused) = publishing.as_mut().poll(cx)
+            {
+                self.publishing = None;
+                if let Some(code) = refused {
+                    self.send_error(code);
+                }
+                stepped = true;
+            }
+            if self.publishing.is_none()
+                && let Poll::Ready(next) = self.ws.poll_next_unpin(cx)
+            {
+                if let Some(ended) = self.take_incoming(next) {
+                    return Poll::Ready(ended);
+                }
+                stepped = true;
+            }
+            if self.link.poll_signalled(cx).is_ready() {
+                clock.due = true;
+            }
+            // A pass in progress (one that had to wait) goes on; a new one starts when
+            // something is due. A pass takes the queue before it flushes, so `due` is cleared
+            // as it starts: whatever is signalled after that needs a pass of its own.
+            let writing = clock.stall_at.is_some();
+            if clock.due || writing {
+                if !writing {
+                    clock.due = false;
+                }
+                // Most writes complete at once, into the kernel's socket buffer; only one that
+                // has to wait arms the stall deadline.
+                match self.poll_write(cx) {
+                    Poll::Ready(Ok(())) => {
+                        clock.stall_at = None;
+                        stepped = true;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        self.link.close(close::ABNORMAL);
+                        return Poll::Ready(Ended::Server);
+                    }
+                    Poll::Pending => {
+                        clock
+                            .stall_at
+                            .get_or_insert_with(|| Instant::now() + WRITE_STALL_TIMEOUT);
                     }
                 }
-            })
-            .await;
+            }
+            let deadline = clock.deadline(self.link.silent_until(IDLE_TIMEOUT));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                if let Some(ended) = self.on_deadline(clock) {
+                    return Poll::Ready(ended);
+                }
+                stepped = true;
+            }
+            if !stepped {
+                return Poll::Pending;
+            }
         }
-        self.state.broker.leave(self.room, self.user).await;
-        match peer_code {
-            Some(code) => code,
-            None => self.link.close_code().unwrap_or(close::NORMAL),
-        }
+        // Busy: let the thread's other sockets run, and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
-    /// Reads until the peer goes or the server closes. Returns the peer's close code when the
-    /// peer ended the socket (1006 when it just vanished), `None` when the server did.
-    async fn read<R, E>(&self, stream: &mut R) -> Option<u16>
-    where
-        R: Stream<Item = Result<Message, E>> + Unpin,
-        E: StdError + Send + Sync + 'static,
-    {
+    /// A deadline passed: closes the socket (drain, stall, idle peer) or sends a ping.
+    fn on_deadline(&mut self, clock: &mut LiveClock) -> Option<Ended> {
+        let now = Instant::now();
+        let link = &self.link;
+        if clock.drain_at.is_some_and(|at| now >= at) {
+            link.close(close::SERVICE_RESTART);
+            return Some(Ended::Server);
+        }
+        if clock.stall_at.is_some_and(|at| now >= at) {
+            if link.close(close::TRY_AGAIN_LATER) {
+                self.state.metrics.slow_consumers.inc();
+            }
+            return Some(Ended::Server);
+        }
+        if now >= link.silent_until(IDLE_TIMEOUT) {
+            link.close(close::GOING_AWAY);
+            return Some(Ended::Server);
+        }
+        if now >= clock.next_ping {
+            clock.next_ping = now + PING_INTERVAL;
+            self.ping_due = true;
+            clock.due = true;
+            self.trim();
+        }
+        None
+    }
+
+    /// Handles what the peer sent. Returns how the socket ended, if this ended it.
+    fn take_incoming(&mut self, next: Option<Result<Message, E>>) -> Option<Ended> {
         let metrics = &self.state.metrics;
-        let mut bucket = TokenBucket::new(Instant::now());
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = self.link.closed() => return None,
-                next = stream.next() => next,
-            };
-            self.link.touch();
-            match next {
-                None => return Some(close::ABNORMAL),
-                Some(Err(error)) if is_too_big(&error) => {
-                    metrics.reject(Rejection::MessageTooBig);
-                    self.link.close(close::MESSAGE_TOO_BIG);
-                    return None;
-                }
-                Some(Err(error)) => {
-                    debug!(%error, "socket read failed");
-                    return Some(close::ABNORMAL);
-                }
-                Some(Ok(message)) => {
-                    match classify(&message, self.state.config.chat.max_message_chars) {
-                        Incoming::Chat(ChatText::Empty) | Incoming::Control => {}
-                        Incoming::Chat(checked) => {
-                            // Boxed: a publish is once per message a user sends, and its
-                            // future would otherwise weigh on every idle socket's task.
-                            let taken = Box::pin(self.take_chat(checked, &mut bucket)).await;
-                            if let Some(code) = taken {
-                                self.send_error(code);
-                            }
-                        }
-                        Incoming::Binary => {
-                            metrics.reject(Rejection::BinaryFrame);
-                            self.link.close(close::UNSUPPORTED_DATA);
-                            return None;
-                        }
-                        Incoming::Close(code) => return Some(code),
+        self.link.touch();
+        match next {
+            None => Some(Ended::Peer(close::ABNORMAL)),
+            Some(Err(error)) if is_too_big(&error) => {
+                metrics.reject(Rejection::MessageTooBig);
+                self.link.close(close::MESSAGE_TOO_BIG);
+                Some(Ended::Server)
+            }
+            Some(Err(error)) => {
+                debug!(%error, "socket read failed");
+                Some(Ended::Peer(close::ABNORMAL))
+            }
+            Some(Ok(message)) => {
+                match classify(&message, self.state.config.chat.max_message_chars) {
+                    Incoming::Chat(ChatText::Empty) | Incoming::Control => None,
+                    Incoming::Chat(checked) => {
+                        self.take_chat(checked);
+                        None
                     }
+                    Incoming::Binary => {
+                        metrics.reject(Rejection::BinaryFrame);
+                        self.link.close(close::UNSUPPORTED_DATA);
+                        Some(Ended::Server)
+                    }
+                    Incoming::Close(code) => Some(Ended::Peer(code)),
                 }
             }
         }
     }
 
-    /// Checks, rate-limits and publishes one chat message. Returns the error to send back, if
-    /// the message was refused.
-    async fn take_chat(
-        &self,
-        checked: ChatText<'_>,
-        bucket: &mut TokenBucket,
-    ) -> Option<ErrorCode> {
-        let state = self.state;
-        if !bucket.try_take(Instant::now()) {
-            state.metrics.reject(Rejection::RateLimited);
-            return Some(ErrorCode::RateLimited);
+    /// Checks and rate-limits one chat message, and starts its publish; a refused one gets
+    /// its `error` frame at once.
+    fn take_chat(&mut self, checked: ChatText<'_>) {
+        let metrics = &self.state.metrics;
+        if !self.bucket.try_take(Instant::now()) {
+            metrics.reject(Rejection::RateLimited);
+            return self.send_error(ErrorCode::RateLimited);
         }
         let ChatText::Valid(text) = checked else {
             // Empty texts never get here; anything else not valid is too long.
-            state.metrics.reject(Rejection::TooLong);
-            return Some(ErrorCode::TooLong);
+            metrics.reject(Rejection::TooLong);
+            return self.send_error(ErrorCode::TooLong);
         };
-        let timer = state.metrics.broker_publish_seconds.start_timer();
-        match state.broker.publish(self.room, self.user, text).await {
-            Ok(_) => {
-                timer.observe_duration();
-                state.metrics.messages_received.inc();
-                None
-            }
-            Err(error) => {
-                timer.stop_and_discard();
-                debug!(%error, "cannot publish: broker unavailable");
-                state.metrics.reject(Rejection::Unavailable);
-                Some(ErrorCode::Unavailable)
-            }
-        }
+        // Boxed, and owning what it needs: a publish is once per message a user sends, and
+        // the live loop polls it beside the socket.
+        self.publishing = Some(Box::pin(publish(
+            self.state.clone(),
+            self.room.clone(),
+            self.user.clone(),
+            text.to_owned(),
+        )));
     }
 
     /// Queues an `error` frame for this socket only; a full queue makes it a slow consumer.
@@ -505,6 +651,146 @@ impl Connection<'_> {
             self.state.metrics.slow_consumers.inc();
         }
     }
+
+    /// Gives back the memory a burst grew and the socket kept for the next one: the batch and
+    /// the queue's buffer. Run at every ping, so a socket that went quiet holds burst-sized
+    /// buffers for at most one [`PING_INTERVAL`]; a busy one reallocates them once per interval.
+    fn trim(&mut self) {
+        if self.batch.is_empty() {
+            self.batch.shrink_to_fit();
+        }
+        self.link.trim_queue();
+    }
+
+    /// Writes a due ping, then everything queued (and whatever arrives meanwhile, up to
+    /// [`WRITE_BATCH`] frames), then flushes once: a burst of frames becomes one write to the
+    /// network. Frames at or below the cutoff are covered by the opening and skipped.
+    ///
+    /// Resumable: when the peer is slow, it returns `Pending` and picks up where it stopped.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        if !self.flushing {
+            if self.ping_due {
+                ready!(self.ws.poll_ready_unpin(cx))?;
+                self.ws
+                    .start_send_unpin(Message::Ping(Default::default()))?;
+                self.ping_due = false;
+            }
+            loop {
+                let Some(frame) = self.batch.front() else {
+                    if self.written < WRITE_BATCH {
+                        self.link.take_queued(&mut self.batch);
+                    }
+                    if self.batch.is_empty() {
+                        break;
+                    }
+                    continue;
+                };
+                if is_after_opening(self.cutoff, frame) {
+                    ready!(self.ws.poll_send_frame(cx, frame))?;
+                    self.written += 1;
+                }
+                self.batch.pop_front();
+            }
+            self.flushing = true;
+        }
+        ready!(self.ws.poll_flush_unpin(cx))?;
+        self.flushing = false;
+        let written = std::mem::take(&mut self.written);
+        self.state.metrics.messages_delivered.inc_by(written as u64);
+        // A burst grew the buffers; an idle socket should not keep them.
+        if self.batch.capacity() > 64 && written < 16 {
+            self.batch.shrink_to(16);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// After the live loop: closes the socket as decided, waits for the peer's answer to our
+    /// close frame (if we sent one), leaves the room, and returns the close code to count.
+    async fn finish(&mut self, ended: Ended) -> u16 {
+        let code = match ended {
+            Ended::Peer(code) => {
+                // The WebSocket layer answered the peer's close: flush the answer.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close()).await;
+                code
+            }
+            Ended::Server => {
+                let code = self.link.close_code().unwrap_or(close::NORMAL);
+                // 1006: a write failed, the connection is gone.
+                if code != close::ABNORMAL {
+                    self.send_close(code).await;
+                    self.await_close_answer().await;
+                }
+                code
+            }
+        };
+        self.state.broker.leave(&self.room, &self.user).await;
+        code
+    }
+
+    /// Sends the close frame the server decided on. A draining socket first gets the frames
+    /// already queued for it.
+    async fn send_close(&mut self, code: u16) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if code == close::SERVICE_RESTART {
+                // What a pass left unwritten comes first, then whatever is queued.
+                let mut queued = VecDeque::new();
+                self.link.take_queued(&mut queued);
+                self.batch.append(&mut queued);
+                let mut written = 0;
+                while let Some(frame) = self.batch.pop_front() {
+                    if is_after_opening(self.cutoff, &frame) {
+                        std::future::poll_fn(|cx| self.ws.poll_send_frame(cx, &frame)).await?;
+                        written += 1;
+                    }
+                }
+                self.state.metrics.messages_delivered.inc_by(written);
+            }
+            self.ws.send(close_message(code)).await
+        })
+        .await;
+    }
+
+    /// Gives the peer a moment to answer our close frame, so that it ends cleanly.
+    async fn await_close_answer(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(message)) = self.ws.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Publishes one chat message through the broker. Returns the error to send back, if it was
+/// refused.
+async fn publish(
+    state: AppState,
+    room: RoomName,
+    user: Identity,
+    text: String,
+) -> Option<ErrorCode> {
+    let timer = state.metrics.broker_publish_seconds.start_timer();
+    match state.broker.publish(&room, &user, &text).await {
+        Ok(_) => {
+            timer.observe_duration();
+            state.metrics.messages_received.inc();
+            None
+        }
+        Err(error) => {
+            timer.stop_and_discard();
+            debug!(%error, "cannot publish: broker unavailable");
+            state.metrics.reject(Rejection::Unavailable);
+            Some(ErrorCode::Unavailable)
+        }
+    }
+}
+
+/// Whether a live frame is still to be written: id-less frames always are; numbered ones at
+/// or below the cutoff were in the opening already.
+fn is_after_opening(cutoff: u64, frame: &Frame) -> bool {
+    frame.id() == 0 || frame.id() > cutoff
 }
 
 /// Whether a read error is a message over the size limit (which gets close 1009).
@@ -521,7 +807,7 @@ fn is_too_big(error: &(dyn StdError + 'static)) -> bool {
 
 /// Runs the write `work` unless the socket is asked to close first, or the write stalls for
 /// [`WRITE_STALL_TIMEOUT`] (the client stopped reading: a slow consumer). Abandoning a write
-/// half-way is safe: the WebSocket layer keeps what it buffered, and the socket is closing.
+/// half-way is safe: the socket is closing.
 async fn until_closed<T>(
     link: &SocketLink,
     metrics: &Metrics,
@@ -539,283 +825,5 @@ async fn until_closed<T>(
                 None
             }
         },
-    }
-}
-
-/// The sending half of one socket, run as its own task.
-///
-/// A write in progress lives in these fields rather than in a future (see
-/// [`Writer::poll_write`]): a future holding the sink's `feed` and `flush` futures would sit in
-/// the task of every socket, idle or not, for its whole life.
-struct Writer<W> {
-    sink: W,
-    link: Arc<SocketLink>,
-    /// Live frames at or below this id are covered by the opening history (or `since`).
-    cutoff: u64,
-    /// For the drain signal and its spread (read when the drain starts), and the metrics.
-    state: AppState,
-    /// Frames taken from the queue, being written; swapped with the queue's buffer, so in
-    /// steady state nothing is allocated.
-    batch: VecDeque<Frame>,
-    /// How much of the batch's first frame is already handed to the sink: a frame sent in
-    /// fragments may be cut by a write that has to wait.
-    front_at: usize,
-    /// Frames written since the last flush.
-    written: usize,
-    /// A ping is due and not yet handed to the sink.
-    ping_due: bool,
-    /// Everything taken is handed to the sink; only the flush remains.
-    flushing: bool,
-}
-
-impl<W, E> Writer<W>
-where
-    W: Sink<Message, Error = E> + Unpin + Send,
-{
-    /// Writes the opening, then queued frames and pings until the socket closes, then the
-    /// close frame. Not an `async fn`, which would keep a second copy of `self` in the task;
-    /// the one-time steps are boxed, so the task is sized by the live loop alone.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn would store `self` twice"
-    )]
-    fn run(mut self, opening: Vec<Frame>) -> impl Future<Output = ()> + Send {
-        async move {
-            if Box::pin(self.write_opening(opening)).await {
-                self.live().await;
-            }
-            Box::pin(self.close()).await;
-        }
-    }
-
-    /// Writes history and `list`. Returns whether the socket is still open.
-    async fn write_opening(&mut self, opening: Vec<Frame>) -> bool {
-        let written = opening.len() as u64;
-        let sink = &mut self.sink;
-        let wrote = until_closed(&self.link, &self.state.metrics, async {
-            for frame in &opening {
-                for piece in frame.pieces(0) {
-                    sink.feed(piece).await?;
-                }
-            }
-            sink.flush().await
-        })
-        .await;
-        match wrote {
-            Some(Ok(())) => {
-                self.state.metrics.messages_delivered.inc_by(written);
-                true
-            }
-            Some(Err(_)) => {
-                self.link.close(close::ABNORMAL);
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// The live loop: queued frames, pings, the idle check, write stalls and the drain, all on
-    /// one timer.
-    ///
-    /// It waits on the queue and the timer, and on the sink only while a write waits for the
-    /// peer: a close and the node's drain [wake](SocketLink::wake) the queue, and are read from
-    /// flags. Every wake-up of a busy socket costs one registration, and the timer is moved
-    /// only when its deadline changes.
-    async fn live(&mut self) {
-        let link = Arc::clone(&self.link);
-        let mut next_ping = Instant::now() + PING_INTERVAL;
-        let mut drain_at: Option<Instant> = None;
-        // Set while a write waits for the peer: past it, the client stopped reading.
-        let mut stall_at: Option<Instant> = None;
-        // Whether something may have been queued, or a ping fell due, since the last write
-        // pass started: the frames queued while the opening was written come first.
-        let mut due = true;
-        let timer = tokio::time::sleep_until(next_ping.min(link.silent_until(IDLE_TIMEOUT)));
-        tokio::pin!(timer);
-        loop {
-            if link.is_closed() {
-                return;
-            }
-            if drain_at.is_none() && self.state.shutdown.is_cancelled() {
-                let delay = self.state.drain_spread().mul_f64(rand::random::<f64>());
-                drain_at = Some(Instant::now() + delay);
-            }
-            // A pass in progress (one that had to wait) goes on; a new one starts when
-            // something is due. A pass takes the queue before it flushes, so `due` is cleared
-            // as it starts: whatever is signalled after that needs a pass of its own, even if
-            // the signal comes while this one is still flushing.
-            let writing = stall_at.is_some();
-            if due || writing {
-                if !writing {
-                    due = false;
-                }
-                // Most writes complete at once, into the kernel's socket buffer; only one that
-                // has to wait arms the stall deadline.
-                match std::future::poll_fn(|cx| Poll::Ready(self.poll_write(cx))).await {
-                    Poll::Ready(Ok(())) => {
-                        stall_at = None;
-                        if due {
-                            continue;
-                        }
-                    }
-                    Poll::Ready(Err(_)) => {
-                        link.close(close::ABNORMAL);
-                        return;
-                    }
-                    Poll::Pending => {
-                        stall_at.get_or_insert_with(|| Instant::now() + WRITE_STALL_TIMEOUT);
-                    }
-                }
-            }
-            let mut deadline = next_ping.min(link.silent_until(IDLE_TIMEOUT));
-            for at in [drain_at, stall_at].into_iter().flatten() {
-                deadline = deadline.min(at);
-            }
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
-            tokio::select! {
-                biased;
-                () = &mut timer => {
-                    let now = Instant::now();
-                    if drain_at.is_some_and(|at| now >= at) {
-                        link.close(close::SERVICE_RESTART);
-                        return;
-                    }
-                    if stall_at.is_some_and(|at| now >= at) {
-                        if link.close(close::TRY_AGAIN_LATER) {
-                            self.state.metrics.slow_consumers.inc();
-                        }
-                        return;
-                    }
-                    if now >= link.silent_until(IDLE_TIMEOUT) {
-                        link.close(close::GOING_AWAY);
-                        return;
-                    }
-                    if now >= next_ping {
-                        next_ping = now + PING_INTERVAL;
-                        self.ping_due = true;
-                        due = true;
-                        self.trim();
-                    }
-                }
-                () = link.queued() => due = true,
-                () = std::future::poll_fn(|cx| self.poll_sink(cx)), if stall_at.is_some() => {}
-            }
-        }
-    }
-
-    /// Whether a live frame is still to be written: id-less frames always are; numbered ones
-    /// at or below the cutoff were in the opening already.
-    fn is_after_opening(&self, frame: &Frame) -> bool {
-        frame.id() == 0 || frame.id() > self.cutoff
-    }
-
-    /// Gives back the memory a burst grew and the socket kept for the next one: the batch and
-    /// the queue's buffer. Run at every ping, so a socket that went quiet holds burst-sized
-    /// buffers for at most one [`PING_INTERVAL`]; a busy one reallocates them once per interval.
-    fn trim(&mut self) {
-        if self.batch.is_empty() {
-            self.batch.shrink_to_fit();
-        }
-        self.link.trim_queue();
-    }
-
-    /// Wakes when the sink may take more: the write waiting for the peer can go on.
-    fn poll_sink(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.flushing {
-            self.sink.poll_flush_unpin(cx).map(drop)
-        } else {
-            self.sink.poll_ready_unpin(cx).map(drop)
-        }
-    }
-
-    /// Writes a due ping, then everything queued (and whatever arrives meanwhile, up to
-    /// [`WRITE_BATCH`] frames), then flushes once: a burst of frames becomes one write to the
-    /// network. Frames at or below the cutoff are covered by the opening and skipped.
-    ///
-    /// Resumable: when the peer is slow, it returns `Pending` and picks up where it stopped.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
-        if !self.flushing {
-            if self.ping_due {
-                ready!(self.sink.poll_ready_unpin(cx))?;
-                self.sink
-                    .start_send_unpin(Message::Ping(Default::default()))?;
-                self.ping_due = false;
-            }
-            loop {
-                let Some(frame) = self.batch.front() else {
-                    if self.written < WRITE_BATCH {
-                        self.link.take_queued(&mut self.batch);
-                    }
-                    if self.batch.is_empty() {
-                        break;
-                    }
-                    continue;
-                };
-                if !self.is_after_opening(frame) {
-                    self.batch.pop_front();
-                    continue;
-                }
-                ready!(self.sink.poll_ready_unpin(cx))?;
-                let (piece, next) = frame.piece(self.front_at);
-                self.sink.start_send_unpin(piece)?;
-                match next {
-                    Some(at) => self.front_at = at,
-                    None => {
-                        self.front_at = 0;
-                        self.batch.pop_front();
-                        self.written += 1;
-                    }
-                }
-            }
-            self.flushing = true;
-        }
-        ready!(self.sink.poll_flush_unpin(cx))?;
-        self.flushing = false;
-        let written = std::mem::take(&mut self.written);
-        self.state.metrics.messages_delivered.inc_by(written as u64);
-        // A burst grew the buffers; an idle socket should not keep them.
-        if self.batch.capacity() > 64 && written < 16 {
-            self.batch.shrink_to(16);
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Sends the close frame the server decided on, if it decided one. A draining socket first
-    /// gets the frames already queued for it.
-    async fn close(&mut self) {
-        let code = match self.link.close_code() {
-            // A write failed: the connection is gone.
-            Some(close::ABNORMAL | close::NO_STATUS) => return,
-            // The peer closed first: flush the close reply the WebSocket layer queued.
-            None => {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.close()).await;
-                return;
-            }
-            Some(code) => code,
-        };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            if code == close::SERVICE_RESTART {
-                // What a pass left unwritten comes first, then whatever is queued.
-                let mut queued = VecDeque::new();
-                self.link.take_queued(&mut queued);
-                self.batch.append(&mut queued);
-                let mut written = 0;
-                let mut at = std::mem::take(&mut self.front_at);
-                while let Some(frame) = self.batch.pop_front() {
-                    if self.is_after_opening(&frame) {
-                        for piece in frame.pieces(at) {
-                            self.sink.feed(piece).await?;
-                        }
-                        written += 1;
-                    }
-                    at = 0;
-                }
-                self.state.metrics.messages_delivered.inc_by(written);
-            }
-            self.sink.send(close_message(code)).await
-        })
-        .await;
     }
 }

@@ -275,7 +275,7 @@ mod tests {
             .history
             .iter()
             .map(|frame| {
-                serde_json::from_str::<serde_json::Value>(frame.text()).unwrap()["type"]
+                serde_json::from_str::<serde_json::Value>(&frame.text()).unwrap()["type"]
                     .as_str()
                     .unwrap()
                     .to_owned()

@@ -12,7 +12,9 @@ use confab::Config;
 use confab::app::AppState;
 use confab::protocol::RoomName;
 use confab::user::{Identity, User};
-use confab::ws::{IDLE_TIMEOUT, Opening, PING_INTERVAL, WRITE_STALL_TIMEOUT, run_connection};
+use confab::ws::{
+    FrameSink, IDLE_TIMEOUT, Opening, PING_INTERVAL, WRITE_STALL_TIMEOUT, run_connection,
+};
 use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream};
 use tokio::sync::mpsc;
@@ -72,6 +74,9 @@ impl Sink<Message> for ChannelSocket {
         Poll::Ready(Ok(()))
     }
 }
+
+/// Event frames go as text messages (the trait's default).
+impl FrameSink for ChannelSocket {}
 
 /// The client's end: what it sends, and what it receives.
 struct Client {

@@ -676,7 +676,7 @@ mod tests {
         );
         assert_eq!(
             frame,
-            expected.text(),
+            expected.text().as_str(),
             "Lua assembles the same bytes as Rust"
         );
     }
