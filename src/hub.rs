@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
@@ -27,15 +27,19 @@ use crate::protocol::{Frame, RoomName, close};
 /// The queue is a `VecDeque` under a mutex rather than a channel: it takes no memory while
 /// empty (an idle socket is cheap), and the socket takes everything queued in one swap. A push
 /// to an empty queue, a close and the node's drain all wake the socket's task through one
-/// [`AtomicWaker`], which the task registers each time it waits.
+/// [`AtomicWaker`], which the task registers each time it polls. The link is also the waker
+/// the task reads its socket with ([`Wake`]): a wake-up says which side it is for, so a task
+/// woken to write does not try to read too.
 #[derive(Debug)]
 pub struct SocketLink {
     queue: Mutex<VecDeque<Frame>>,
     capacity: usize,
     /// The socket's task, as it last waited.
     waker: AtomicWaker,
-    /// Set by every wake-up, cleared as the task takes it (see [`SocketLink::poll_signalled`]).
+    /// Set by every wake-up but the socket's read side, cleared as the task takes it.
     signalled: AtomicBool,
+    /// Set when the socket's read side woke the task, cleared as the task reads.
+    readable: AtomicBool,
     close_code: AtomicU16,
     closing: AtomicBool,
     opened: Instant,
@@ -54,6 +58,8 @@ impl SocketLink {
             capacity,
             waker: AtomicWaker::new(),
             signalled: AtomicBool::new(false),
+            // The first poll reads, and registers the read side.
+            readable: AtomicBool::new(true),
             close_code: AtomicU16::new(0),
             closing: AtomicBool::new(false),
             opened: Instant::now(),
@@ -80,7 +86,7 @@ impl SocketLink {
         drop(queue);
         // A non-empty queue means the task was told already and has not taken it yet.
         if was_empty {
-            self.wake();
+            self.signal();
         }
         Ok(())
     }
@@ -97,17 +103,28 @@ impl SocketLink {
         self.lock().shrink_to_fit();
     }
 
-    /// Ready once something may have been queued, or the socket's state changed (a close, the
-    /// node's drain), since the last time it was ready; until then the task is woken by the
-    /// next such signal.
-    pub fn poll_signalled(&self, cx: &mut Context<'_>) -> Poll<()> {
-        // Registered before the flag is read, so a signal in between is not missed.
-        self.waker.register(cx.waker());
-        if self.signalled.swap(false, Ordering::AcqRel) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+    /// Makes the task's current waker the one every signal wakes. Called at each step before
+    /// the flags are taken, so a signal in between is never missed.
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Whether something may have been queued, or the socket's state changed (a close, the
+    /// node's drain), since the last call.
+    pub fn take_signal(&self) -> bool {
+        self.signalled.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether the socket's read side woke the task since the last call (or the task never
+    /// read yet). Taken before each read; a read that finds something sets it again with
+    /// [`SocketLink::keep_reading`].
+    pub fn take_readable(&self) -> bool {
+        self.readable.swap(false, Ordering::AcqRel)
+    }
+
+    /// The read found a frame: there may be more, read again at the next step.
+    pub fn keep_reading(&self) {
+        self.readable.store(true, Ordering::Release);
     }
 
     /// Asks the socket to close with `code`. Returns whether this call decided the code.
@@ -117,13 +134,13 @@ impl SocketLink {
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         self.closing.store(true, Ordering::Release);
-        self.wake();
+        self.signal();
         decided
     }
 
     /// Wakes the socket's task so that it looks at its queue and state (closed, node
     /// draining).
-    pub fn wake(&self) {
+    pub fn signal(&self) {
         self.signalled.store(true, Ordering::Release);
         self.waker.wake();
     }
@@ -136,14 +153,17 @@ impl SocketLink {
         }
     }
 
-    /// Completes once a close was asked for. Takes the task's wake-ups meanwhile: for a step
+    /// Completes once a close was asked for. Takes the task's signals meanwhile: for a step
     /// (the opening) after which the task looks at its queue anyway.
     pub async fn closed(&self) {
         std::future::poll_fn(|cx| {
-            while !self.is_closed() {
-                ready!(self.poll_signalled(cx));
+            self.register(cx.waker());
+            self.take_signal();
+            if self.is_closed() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            Poll::Ready(())
         })
         .await;
     }
@@ -162,6 +182,18 @@ impl SocketLink {
     /// When the peer will have been silent for `timeout`.
     pub fn silent_until(&self, timeout: Duration) -> Instant {
         self.opened + Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed)) + timeout
+    }
+}
+
+impl Wake for SocketLink {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    /// The socket's read side is ready: wake the task to read.
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.readable.store(true, Ordering::Release);
+        self.waker.wake();
     }
 }
 
@@ -236,7 +268,7 @@ impl Hub {
     pub fn wake_all(&self) {
         for subscribers in self.lock().values() {
             for subscriber in subscribers {
-                subscriber.link.wake();
+                subscriber.link.signal();
             }
         }
     }

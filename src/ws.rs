@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -494,6 +494,7 @@ where
                 let delay = self.state.drain_spread().mul_f64(rand::random::<f64>());
                 clock.drain_at = Some(Instant::now() + delay);
             }
+            self.link.register(cx.waker());
             let mut stepped = false;
             // A chat is published before the next frame is read: the peer's messages go out in
             // the order it sent them.
@@ -506,15 +507,22 @@ where
                 }
                 stepped = true;
             }
-            if self.publishing.is_none()
-                && let Poll::Ready(next) = self.ws.poll_next_unpin(cx)
-            {
-                if let Some(ended) = self.take_incoming(next) {
-                    return Poll::Ready(ended);
+            // Read only when the read side woke the task (through the link, the waker it reads
+            // with): a wake-up to write does not pay for a read that finds nothing.
+            if self.publishing.is_none() && self.link.take_readable() {
+                let read_waker = Waker::from(Arc::clone(&self.link));
+                if let Poll::Ready(next) = self
+                    .ws
+                    .poll_next_unpin(&mut Context::from_waker(&read_waker))
+                {
+                    self.link.keep_reading();
+                    if let Some(ended) = self.take_incoming(next) {
+                        return Poll::Ready(ended);
+                    }
+                    stepped = true;
                 }
-                stepped = true;
             }
-            if self.link.poll_signalled(cx).is_ready() {
+            if self.link.take_signal() {
                 clock.due = true;
             }
             // A pass in progress (one that had to wait) goes on; a new one starts when
@@ -527,10 +535,13 @@ where
                 }
                 // Most writes complete at once, into the kernel's socket buffer; only one that
                 // has to wait arms the stall deadline.
+                // A finished pass is no reason for another round, unless it was one resumed
+                // while something else fell due: whatever is queued after the signal was taken
+                // above signals again.
                 match self.poll_write(cx) {
                     Poll::Ready(Ok(())) => {
                         clock.stall_at = None;
-                        stepped = true;
+                        stepped |= clock.due;
                     }
                     Poll::Ready(Err(_)) => {
                         self.link.close(close::ABNORMAL);

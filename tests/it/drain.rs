@@ -97,7 +97,8 @@ async fn a_second_signal_ends_the_drain_at_once() {
     process.signal("TERM");
     let status = process.wait().await;
     assert_eq!(status.code(), Some(1), "a forced stop is not a clean exit");
-    assert!(process.output().contains("second stop signal"));
+    let output = process.output();
+    assert!(output.contains("second stop signal"), "{output}");
 }
 
 #[tokio::test]

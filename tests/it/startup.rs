@@ -15,6 +15,8 @@ pub struct ConfabProcess {
     /// The address from its `listening on http://ADDR` line.
     pub addr: std::net::SocketAddr,
     output: Arc<Mutex<String>>,
+    /// The tasks copying stdout and stderr into `output`; they end at the process's exit.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ConfabProcess {
@@ -41,7 +43,7 @@ impl ConfabProcess {
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let sink = output.clone();
-        tokio::spawn(async move {
+        let stdout_reader = tokio::spawn(async move {
             let mut lines = stdout.lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let address = line
@@ -57,7 +59,7 @@ impl ConfabProcess {
             }
         });
         let sink = output.clone();
-        tokio::spawn(async move {
+        let stderr_reader = tokio::spawn(async move {
             let mut lines = stderr.lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 sink.lock().unwrap().push_str(&(line + "\n"));
@@ -82,6 +84,7 @@ impl ConfabProcess {
             child,
             addr,
             output,
+            readers: vec![stdout_reader, stderr_reader],
         }
     }
 
@@ -105,12 +108,19 @@ impl ConfabProcess {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit, and for the last of its output to be read.
     pub async fn wait(&mut self) -> ExitStatus {
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("confab exits within 30 s")
-            .expect("waiting works")
+            .expect("waiting works");
+        for reader in self.readers.drain(..) {
+            tokio::time::timeout(EVENT_TIMEOUT, reader)
+                .await
+                .expect("the output ends with the process")
+                .expect("the output reader does not panic");
+        }
+        status
     }
 
     /// Everything the process printed so far, stdout and stderr.
