@@ -8,8 +8,8 @@
 //! one timer. Whatever ends it, the close and the leave run in one place at the end. One task
 //! and no lock between a reading and a writing half keep an idle socket small.
 //!
-//! The loop is generic over `Sink`/`Stream`, so tests drive it through channels with tokio's
-//! paused clock (heartbeats, idle timeout) as well as through real sockets.
+//! The task is generic over `Stream` and [`FrameSink`], so tests drive it through channels with
+//! tokio's paused clock (heartbeats, idle timeout) as well as through real sockets.
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
@@ -376,6 +376,7 @@ struct LiveClock {
 }
 
 impl LiveClock {
+    /// The earliest of the deadlines, the peer's silence limit included: when the timer fires.
     fn deadline(&self, silent_until: Instant) -> Instant {
         let mut deadline = self.next_ping.min(silent_until);
         for at in [self.drain_at, self.stall_at].into_iter().flatten() {

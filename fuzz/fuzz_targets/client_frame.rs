@@ -43,5 +43,5 @@ fuzz_target!(|data: &[u8]| {
         % (1 << 53);
     let body = serde_json::to_string(&text).unwrap();
     let frame = splice_id(id, &format!("\"data\":{body}}}"));
-    assert_eq!(frame_id(frame.text()), Some(id));
+    assert_eq!(frame_id(&frame.text()), Some(id));
 });
