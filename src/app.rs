@@ -71,7 +71,7 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     /// Where frames get their ids and go to every node.
     pub broker: NodeBroker,
-    /// Cancelled when the node starts draining; every socket's writer watches it.
+    /// Cancelled when the node starts draining; every socket's task watches it.
     pub shutdown: CancellationToken,
     /// Tracks every socket task, so a drain can wait for them.
     pub sockets: TaskTracker,

@@ -20,9 +20,9 @@ use crate::metrics::Metrics;
 use crate::protocol::{Frame, RoomName, close};
 
 /// The link between one socket's task and everything that talks to it: its bounded outbound
-/// queue (filled by the hub and the socket's own reader, drained by its write passes), its
-/// close request, and when the peer was last heard from. Shared through an `Arc` by the
-/// socket's task and its hub entry; dropped with the socket.
+/// queue (filled by the hub and by the socket's own `error` frames, drained by its write
+/// passes), its close request, and when the peer was last heard from. Shared through an `Arc`
+/// by the socket's task and its hub entry; dropped with the socket.
 ///
 /// The queue is a `VecDeque` under a mutex rather than a channel: it takes no memory while
 /// empty (an idle socket is cheap), and the socket takes everything queued in one swap. A push
@@ -399,7 +399,7 @@ mod tests {
         assert_eq!(batch.iter().map(Frame::id).collect::<Vec<_>>(), [2]);
         assert!(
             link.lock().capacity() >= 1,
-            "the writer's emptied buffer went back to the queue"
+            "the socket's emptied batch went back to the queue"
         );
         batch.clear();
         link.trim_queue();

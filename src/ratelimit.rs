@@ -13,7 +13,7 @@ pub const BURST: u32 = 20;
 /// Tokens added per second.
 pub const REFILL_PER_SECOND: u32 = 10;
 
-/// A token bucket owned by one socket's reader loop; dropped with the socket.
+/// A token bucket owned by one socket's task; dropped with the socket.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     capacity: f64,

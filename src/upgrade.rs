@@ -4,8 +4,9 @@
 //! axum's extractor hides the WebSocket stream and its frames; confab needs both: to put
 //! [`WriteBuffer`] under the WebSocket layer, and to write event frames that are encoded once
 //! for every socket straight into it ([`FrameSink`]), so that no socket frames them again or
-//! keeps a buffer the size of the largest one for the rest of its life. The checks follow RFC 6455 §4.2: a request that is no WebSocket handshake gets `426`,
-//! a malformed one `400`, an unknown protocol version `426` naming version 13.
+//! keeps a buffer the size of the largest one for the rest of its life. The checks follow
+//! RFC 6455 §4.2: a request that is no WebSocket handshake gets `426`, a malformed one `400`,
+//! an unknown protocol version `426` naming version 13.
 
 use std::task::{Context, Poll};
 

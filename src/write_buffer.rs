@@ -5,7 +5,7 @@
 //! the largest burst it ever held: an idle socket in a busy room would keep tens of KiB it no
 //! longer needs (see BENCHMARKS.md). So confab has it hand every frame down at once (its write
 //! buffer size is 0) and buffers here instead: frames gather in [`WriteBuffer`] until the
-//! writer flushes, which makes a burst one write to the network, and the flush gives the
+//! socket flushes, which makes a burst one write to the network, and the flush gives the
 //! memory back.
 //!
 //! Two kinds of writes come down. The socket's event frames, already encoded
@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Waker, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Buffered bytes past which a write goes to the network before more are taken, even before
-/// the writer flushes.
+/// the socket flushes.
 pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// The buffer's first allocation after a flush freed it: room for a chat frame or two.
 const FIRST_ALLOCATION_BYTES: usize = 512;

@@ -535,10 +535,9 @@ where
                     clock.due = false;
                 }
                 // Most writes complete at once, into the kernel's socket buffer; only one that
-                // has to wait arms the stall deadline.
-                // A finished pass is no reason for another round, unless it was one resumed
-                // while something else fell due: whatever is queued after the signal was taken
-                // above signals again.
+                // has to wait arms the stall deadline. A finished pass is no reason for another
+                // round, unless it was a resumed one while something else fell due: whatever is
+                // queued after the signal was taken above signals again.
                 match self.poll_write(cx) {
                     Poll::Ready(Ok(())) => {
                         clock.stall_at = None;
