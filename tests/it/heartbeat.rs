@@ -259,7 +259,7 @@ async fn a_write_stalled_for_60_seconds_closes_the_socket_as_a_slow_consumer() {
 async fn a_frame_queued_while_a_flush_waits_is_written_after_it() {
     let (mut client, _task, _state) = open_socket().await;
     client.next_of_type("list").await;
-    // The writer hands "one" to the socket and then waits for its flush.
+    // The socket's task hands "one" to the sink and then waits for its flush.
     client.flushable.store(false, Ordering::Relaxed);
     client.to_server.send(Message::text("one")).unwrap();
     let one = client.next_of_type("chat").await;
