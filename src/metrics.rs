@@ -45,6 +45,11 @@ pub struct Metrics {
     pub broker_frames_recovered: IntCounter,
     /// Frames that were lost for good because the log no longer held them.
     pub broker_frames_lost: IntCounter,
+    /// Frames this node received from Redis pub/sub: only those of the partitions its
+    /// sockets are in.
+    pub broker_frames_received: IntCounter,
+    /// Partitions whose channel this node is subscribed to.
+    pub broker_partitions_subscribed: IntGauge,
     /// Users announced as `left` because the node that held them died.
     pub presence_reaped: IntCounter,
     /// Tasks alive in the tokio runtime, read at each scrape: a leak shows as growth.
@@ -214,6 +219,16 @@ impl Metrics {
             "Frames missing from this node's subscription that the Redis log no longer held.",
         )
         .unwrap();
+        let broker_frames_received = IntCounter::new(
+            "confab_broker_frames_received_total",
+            "Frames this node received from Redis pub/sub, for the partitions its sockets are in.",
+        )
+        .unwrap();
+        let broker_partitions_subscribed = IntGauge::new(
+            "confab_broker_partitions_subscribed",
+            "Partitions of rooms whose Redis channel this node is subscribed to.",
+        )
+        .unwrap();
         let presence_reaped = IntCounter::new(
             "confab_presence_reaped_total",
             "Users removed from rooms because the node holding their sockets died.",
@@ -234,7 +249,7 @@ impl Metrics {
         .unwrap();
         node_info.with_label_values(&[node]).set(1);
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(connections.clone()),
             Box::new(messages_received.clone()),
             Box::new(messages_delivered.clone()),
@@ -247,6 +262,8 @@ impl Metrics {
             Box::new(broker_reconnects.clone()),
             Box::new(broker_frames_recovered.clone()),
             Box::new(broker_frames_lost.clone()),
+            Box::new(broker_frames_received.clone()),
+            Box::new(broker_partitions_subscribed.clone()),
             Box::new(presence_reaped.clone()),
             Box::new(node_info),
             Box::new(runtime_tasks.clone()),
@@ -282,6 +299,8 @@ impl Metrics {
             broker_reconnects,
             broker_frames_recovered,
             broker_frames_lost,
+            broker_frames_received,
+            broker_partitions_subscribed,
             presence_reaped,
             runtime_tasks,
         }

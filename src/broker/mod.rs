@@ -32,7 +32,8 @@ pub struct Snapshot {
     pub history: Vec<Frame>,
     /// The users online in the room, each once (the joining user included).
     pub members: Vec<Arc<RawValue>>,
-    /// The newest id given out, in any room, when the snapshot was taken.
+    /// The newest id given out when the snapshot was taken: in the room's partition on Redis,
+    /// in any room on the embedded broker.
     pub seen_up_to: u64,
 }
 
@@ -43,17 +44,15 @@ pub enum BrokerError {
     /// Redis answered with an error, or the connection broke.
     #[error("Redis command failed: {0}")]
     Redis(#[from] ::redis::RedisError),
-    /// No pooled connection could be had.
-    #[error("no Redis connection available: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
     /// Redis did not answer in time.
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
     /// Redis answered with something the scripts never return.
     #[error("unexpected reply from Redis: {0}")]
     Reply(&'static str),
-    /// The node has not subscribed yet, so it cannot promise a socket every frame.
-    #[error("the node's subscription has not started yet")]
+    /// The node has not subscribed to the room's partition yet, so it cannot promise a
+    /// socket every frame.
+    #[error("the node's subscription to the room's partition has not started yet")]
     Starting,
 }
 

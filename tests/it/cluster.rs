@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use confab::broker::redis::keys::Partition;
+use confab::protocol::RoomName;
 use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -9,6 +11,11 @@ use tokio::time::Instant;
 use crate::helpers::{TestSocket, chat_texts, eventually, ids, types};
 use crate::redis_server::{CLUSTER_SECRET, RedisServer, spawn_node, spawn_node_with};
 use crate::startup::ConfabProcess;
+
+/// The key of the lobby partition's pending departures.
+fn lobby_leaving_key() -> String {
+    Partition::of(&RoomName::lobby()).leaving_key()
+}
 
 fn strictly_increasing(ids: &[u64]) -> bool {
     ids.windows(2).all(|pair| pair[0] < pair[1])
@@ -535,7 +542,7 @@ async fn a_user_within_the_grace_when_redis_restarts_empty_still_gets_left() {
     ann_socket.close().await;
     // ann's `left` is pending in Redis when Redis loses everything.
     eventually("ann's departure to be pending", || async {
-        redis.command::<u64>(&["ZCARD", "confab:leaving"]).await == 1
+        redis.command::<u64>(&["ZCARD", &lobby_leaving_key()]).await == 1
     })
     .await;
     redis.restart().await;
@@ -578,7 +585,7 @@ async fn a_departure_due_during_a_long_outage_is_still_announced_after_redis_res
     assert_eq!(observer.recv().await["data"], "ann joined.");
     ann_socket.close().await;
     eventually("ann's departure to be pending", || async {
-        redis.command::<u64>(&["ZCARD", "confab:leaving"]).await == 1
+        redis.command::<u64>(&["ZCARD", &lobby_leaving_key()]).await == 1
     })
     .await;
     redis.kill();

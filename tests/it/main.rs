@@ -10,6 +10,7 @@ mod heartbeat;
 mod helpers;
 mod limits;
 mod pages;
+mod partitions;
 mod presence;
 mod redis_server;
 mod security;

@@ -1,18 +1,24 @@
 //! The Redis broker: cluster mode, any number of nodes sharing one Redis.
 //!
-//! - Commands go through a deadpool pool; every frame is made by one Lua script that takes the
-//!   next id (`INCR`), appends the frame to the log stream and the room's history, and
-//!   publishes it on the one events channel, atomically ([`scripts`]).
-//! - Each node holds **one** pub/sub subscription, whatever its number of sockets
-//!   ([`subscriber`]); it hands every frame to the hub in id order and repairs gaps from the
-//!   log, so a dropped subscription loses nothing.
+//! - Rooms are spread over partitions ([`keys`]); every key of a room and its partition's
+//!   channel share the partition's hash tag. Each partition has its own id counter, log and
+//!   channel, and every frame is made by one Lua script on that partition's slot that takes
+//!   the next id (`INCR`, the partition folded into the id), appends the frame to the
+//!   partition's log and the room's history, and publishes it, atomically ([`scripts`]).
+//! - Commands share one multiplexed connection: concurrent publishes are pipelined, one
+//!   round trip each, with no pool checkout.
+//! - Each node holds **one** pub/sub connection, subscribed only to the partitions its
+//!   sockets are in ([`partition`], [`subscriber`]); it hands every frame to the hub in id
+//!   order and repairs gaps from the partition's log, so a dropped subscription loses nothing.
 //! - Presence lives in Redis (a set of online users per room, socket counts per room and per
-//!   node) and changes only inside scripts. Each node keeps its own sockets' counts too, so it
-//!   can put Redis right after any failure ([`RedisBroker`]'s re-synchronisation), and renews
-//!   a liveness key; the nodes reap a node whose key expired.
+//!   node and partition) and changes only inside scripts. Each node keeps its own sockets'
+//!   counts too, so it can put Redis right after any failure ([`RedisBroker`]'s
+//!   re-synchronisation), and renews a liveness key; the nodes reap a node whose key expired.
 //!
 //! `docs/redis.md` lists every key, its type and lifetime.
 
+pub mod keys;
+mod partition;
 mod scripts;
 mod subscriber;
 
@@ -21,16 +27,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, FromRedisValue, ScriptInvocation};
-use deadpool_redis::{Manager, Pool, Runtime};
+use futures_util::future::try_join_all;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, ScriptInvocation};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use self::scripts::{Common, JoinReply, Scripts};
-pub use self::scripts::{EVENTS_CHANNEL, KEY_PREFIX, LOG_KEY, SEQ_KEY, SEQ_START_KEY};
+use self::keys::{Partition, registry};
+pub use self::partition::LINGER;
+use self::partition::PartitionTable;
+use self::scripts::{Common, JoinReply, PartitionKeys, Scripts};
 use super::{Broker, BrokerError, Snapshot};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -49,10 +58,14 @@ pub const REAP_PERIOD: Duration = Duration::from_secs(3);
 /// How long a node must have been connected before it may declare others dead: after an
 /// outage every live node needs a moment to renew its key.
 pub const REAP_HOLDOFF: Duration = Duration::from_secs(12);
-/// How often each node announces the `left`s whose grace has passed.
+/// How often the maintenance task runs: departures this node made pending are announced at
+/// the first tick after they fall due.
 pub const SWEEP_PERIOD: Duration = Duration::from_millis(250);
-/// Frames kept in the log stream for gap repair (a few seconds of heavy traffic).
-pub const LOG_LEN: usize = 20_000;
+/// Every subscribed partition is swept once per this many ticks (once a second), for the
+/// departures other nodes made pending and could not announce (they stopped or died).
+const SWEEP_ROUNDS: usize = 4;
+/// Frames kept in each partition's log for gap repair (a few seconds of a busy partition).
+pub const LOG_LEN: usize = 1_000;
 /// How long a room nobody writes to keeps its history.
 pub const HISTORY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// The longest wait between two reconnection attempts.
@@ -61,6 +74,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const REAPED_MARKER_TTL: Duration = Duration::from_secs(600);
 /// Most departures one sweep announces.
 const SWEEP_BATCH: usize = 500;
+/// Most due departures a join announces first.
+const JOIN_SWEEP_BATCH: usize = 50;
 /// What the leave script returns when the user's `left` is now pending.
 const LEFT_PENDING: i64 = 2;
 
@@ -77,20 +92,21 @@ struct Shared {
     node_id: String,
     /// Tells this process's liveness key from a previous one with the same node id.
     session: String,
-    /// For the pub/sub connection, which cannot come from the pool.
+    /// For the pub/sub connection, which is not the command connection.
     client: redis::Client,
-    pool: Pool,
+    /// Every command and script, multiplexed on one connection that reconnects by itself.
+    connection: ConnectionManager,
     scripts: Scripts,
+    /// Each partition's keys, by partition number.
+    keys: Vec<PartitionKeys>,
+    /// The partitions this node's sockets are in, and the ids seen in each.
+    partitions: PartitionTable,
     hub: Arc<Hub>,
     metrics: Metrics,
     history_len: usize,
     leave_grace: Duration,
-    /// The highest id this node has seen, published or received: the floor of new ids.
-    highest_seen: AtomicU64,
-    /// The subscription is up and caught up.
+    /// The pub/sub connection is up.
     subscribed: AtomicBool,
-    /// The subscription has had its first start: sockets may join from now on.
-    baseline: AtomicBool,
     /// Heartbeats that succeeded; the first one may take over an earlier process's key.
     heartbeats: AtomicU64,
     /// The last command succeeded.
@@ -100,6 +116,9 @@ struct Shared {
     local: Mutex<LocalPresence>,
     /// Redis may not match `local`: re-synchronise at the next chance.
     resync_needed: AtomicBool,
+    /// The next re-synchronisation covers every partition, not only those this process
+    /// touched: an earlier process with this node id may have left sockets anywhere.
+    resync_everywhere: AtomicBool,
     /// When the next re-synchronisation must give Redis back the departures it held pending,
     /// because it lost its data.
     restore_pending: AtomicBool,
@@ -121,6 +140,8 @@ struct LocalPresence {
     /// Users whose `left` Redis holds pending (their grace running), until it is due: if Redis
     /// loses its data meanwhile, the re-synchronisation puts them back so `left` still comes.
     pending_leaves: HashMap<(RoomName, String), (Identity, Instant)>,
+    /// The partitions this process has written presence to (bit per partition).
+    touched: u128,
     /// Bumped on every change, so a re-synchronisation can tell it raced one.
     version: u64,
 }
@@ -132,11 +153,11 @@ struct LocalEntry {
 }
 
 impl RedisBroker {
-    /// Connects to Redis at `url` and starts the subscription and maintenance tasks. Redis
-    /// need not be up yet: the node starts unready and keeps trying.
+    /// Sets up the connections to Redis at `url` and starts the subscription and maintenance
+    /// tasks. Redis need not be up yet: the node starts unready and keeps trying.
     ///
     /// # Errors
-    /// When the URL cannot be used or the pool cannot be built.
+    /// When the URL cannot be used.
     pub async fn start(
         url: &SecretString,
         hub: Arc<Hub>,
@@ -144,35 +165,32 @@ impl RedisBroker {
         metrics: Metrics,
     ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url.expose_secret())?;
-        let connection_config = redis::AsyncConnectionConfig::new()
+        let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT));
-        let manager = Manager::new_with_config(url.expose_secret(), connection_config)?;
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(COMMAND_TIMEOUT))
-            .create_timeout(Some(COMMAND_TIMEOUT))
-            .recycle_timeout(Some(COMMAND_TIMEOUT))
-            .build()?;
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(MAX_BACKOFF);
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
             session: format!("{:032x}", rand::random::<u128>()),
             client,
-            pool,
+            connection,
             scripts: Scripts::new(),
+            keys: PartitionKeys::all(),
+            partitions: PartitionTable::new(),
             hub,
             metrics,
             history_len: config.chat.history,
             leave_grace: config.chat.leave_grace,
-            highest_seen: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
-            baseline: AtomicBool::new(false),
             heartbeats: AtomicU64::new(0),
             commands_ok: AtomicBool::new(false),
             reported_up: AtomicBool::new(false),
             local: Mutex::new(LocalPresence::default()),
             resync_needed: AtomicBool::new(true),
+            resync_everywhere: AtomicBool::new(true),
             announce_returns: AtomicBool::new(false),
             restore_pending: AtomicBool::new(false),
             epoch: Mutex::new(None),
@@ -205,12 +223,13 @@ impl Broker for RedisBroker {
         user: &Identity,
         text: &str,
     ) -> Result<u64, BrokerError> {
+        let partition = Partition::of(room);
         let body = event_body(EventKind::Chat, room, user.json(), text, now_ms());
         let shared = &self.shared;
-        let mut call = shared.common().invoke(&shared.scripts.publish);
-        call.arg(room.as_str()).arg(body);
+        let mut call = shared.common(partition).invoke(&shared.scripts.publish);
+        call.key(partition.history_key(room)).arg(body);
         let id: u64 = shared.run(call).await?;
-        shared.saw(id);
+        shared.partitions.saw(id);
         Ok(id)
     }
 
@@ -221,28 +240,39 @@ impl Broker for RedisBroker {
         since: Option<u64>,
     ) -> Result<Snapshot, BrokerError> {
         let shared = &self.shared;
-        if !shared.baseline.load(Ordering::Acquire) {
-            // Until the subscription has started, frames after the snapshot could be missed.
+        let partition = Partition::of(room);
+        shared.partitions.acquire(partition);
+        // Until the partition is subscribed, frames after the snapshot could be missed.
+        if !shared
+            .partitions
+            .wait_ready(partition, COMMAND_TIMEOUT)
+            .await
+        {
+            shared.partitions.release(partition);
             return Err(BrokerError::Starting);
         }
         // Counted here first: a re-synchronisation racing this join then keeps the socket.
         shared.local().add(room, user);
-        let mut call = shared.common().invoke(&shared.scripts.join);
+        let mut call = shared
+            .common(partition)
+            .invoke_presence(&shared.scripts.join);
         call.arg(&shared.node_id)
             .arg(room.as_str())
             .arg(user.id())
             .arg(user.json().get())
             .arg(farewell(user))
-            .arg(join_body(room, user));
+            .arg(join_body(room, user))
+            .arg(JOIN_SWEEP_BATCH);
         let reply: JoinReply = match shared.run(call).await {
             Ok(reply) => reply,
             Err(error) => {
                 shared.local().remove(room, user);
+                shared.partitions.release(partition);
                 shared.resync_needed.store(true, Ordering::Release);
                 return Err(error);
             }
         };
-        shared.saw(reply.seen_up_to);
+        shared.partitions.saw(reply.seen_up_to);
         let history = reply
             .history
             .into_iter()
@@ -258,8 +288,12 @@ impl Broker for RedisBroker {
 
     async fn leave(&self, room: &RoomName, user: &Identity) {
         let shared = &self.shared;
+        let partition = Partition::of(room);
         shared.local().remove(room, user);
-        let mut call = shared.common().invoke(&shared.scripts.leave);
+        shared.partitions.release(partition);
+        let mut call = shared
+            .common(partition)
+            .invoke_presence(&shared.scripts.leave);
         call.arg(&shared.node_id).arg(room.as_str()).arg(user.id());
         match shared.run::<i64>(call).await {
             Ok(LEFT_PENDING) => {
@@ -285,10 +319,7 @@ impl Broker for RedisBroker {
     async fn shutdown(&self) {
         self.stop.cancel();
         self.tasks.wait().await;
-        let shared = &self.shared;
-        let mut call = shared.common().invoke(&shared.scripts.deregister);
-        call.arg(&shared.node_id);
-        match shared.run::<i64>(call).await {
+        match self.shared.deregister().await {
             Ok(released) => info!(released, "left the cluster"),
             Err(error) => {
                 warn!(%error, "cannot deregister from Redis; other nodes will reap this node")
@@ -303,9 +334,12 @@ impl Shared {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn common(&self) -> Common {
+    /// The common arguments of a script on `partition`'s slot.
+    fn common(&self, partition: Partition) -> Common<'_> {
         Common {
-            floor: self.highest_seen.load(Ordering::Acquire),
+            keys: &self.keys[partition.index()],
+            floor: self.partitions.floor(partition),
+            publish_command: "PUBLISH",
             history_len: self.history_len,
             log_len: LOG_LEN,
             retention_ms: HISTORY_RETENTION.as_millis() as u64,
@@ -313,32 +347,24 @@ impl Shared {
         }
     }
 
-    /// Records that `id` exists, raising the floor of new ids.
-    fn saw(&self, id: u64) {
-        self.highest_seen.fetch_max(id, Ordering::AcqRel);
-    }
-
-    /// Runs a script on a pooled connection within [`COMMAND_TIMEOUT`], and notes whether
-    /// Redis answered.
+    /// Runs a script within [`COMMAND_TIMEOUT`], and notes whether Redis answered.
     async fn run<T: FromRedisValue>(&self, call: ScriptInvocation<'_>) -> Result<T, BrokerError> {
-        let result = tokio::time::timeout(COMMAND_TIMEOUT, async {
-            let mut connection = self.pool.get().await?;
-            Ok::<T, BrokerError>(call.invoke_async(&mut *connection).await?)
-        })
-        .await
-        .unwrap_or(Err(BrokerError::Timeout(COMMAND_TIMEOUT)));
+        let mut connection = self.connection.clone();
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, call.invoke_async(&mut connection))
+            .await
+            .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT))
+            .and_then(|result| result.map_err(BrokerError::from));
         self.note_commands(result.is_ok());
         result
     }
 
-    /// Runs one command on a pooled connection, like [`Shared::run`].
+    /// Runs one command, like [`Shared::run`].
     async fn query<T: FromRedisValue>(&self, command: redis::Cmd) -> Result<T, BrokerError> {
-        let result = tokio::time::timeout(COMMAND_TIMEOUT, async {
-            let mut connection = self.pool.get().await?;
-            Ok::<T, BrokerError>(command.query_async(&mut *connection).await?)
-        })
-        .await
-        .unwrap_or(Err(BrokerError::Timeout(COMMAND_TIMEOUT)));
+        let mut connection = self.connection.clone();
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, command.query_async(&mut connection))
+            .await
+            .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT))
+            .and_then(|result| result.map_err(BrokerError::from));
         self.note_commands(result.is_ok());
         result
     }
@@ -361,11 +387,6 @@ impl Shared {
         }
         drop(healthy_since);
         self.report_up();
-    }
-
-    /// The subscription started for the first time: sockets may join.
-    fn note_baseline(&self) {
-        self.baseline.store(true, Ordering::Release);
     }
 
     fn note_subscribed(&self, subscribed: bool) {
@@ -413,9 +434,8 @@ impl Shared {
     /// Renews the liveness key, and re-synchronises when Redis lost this node's state.
     async fn heartbeat(&self) -> Result<(), BrokerError> {
         let fresh_epoch = format!("{:032x}", rand::random::<u128>());
-        let mut call = self.common().invoke(&self.scripts.heartbeat);
-        call.arg(&self.node_id)
-            .arg(&self.session)
+        let mut call = scripts::heartbeat(&self.scripts, &self.node_id);
+        call.arg(&self.session)
             .arg(NODE_TTL.as_millis() as u64)
             .arg(&fresh_epoch);
         let (state, epoch): (String, String) = self.run(call).await?;
@@ -425,6 +445,12 @@ impl Shared {
             *known = Some(epoch);
             lost
         };
+        if state == "reaping" {
+            // Other nodes are still releasing this node's sockets: re-registering them now
+            // would have them released again. Wait for the next heartbeat.
+            self.resync_needed.store(true, Ordering::Release);
+            return Ok(());
+        }
         let first = self.heartbeats.fetch_add(1, Ordering::AcqRel) == 0;
         match state.as_str() {
             _ if data_lost => {
@@ -455,10 +481,12 @@ impl Shared {
         Ok(())
     }
 
-    /// Replaces what Redis holds for this node with what it really has.
+    /// Replaces what Redis holds for this node with what it really has, partition by
+    /// partition.
     async fn resync(&self) -> Result<(), BrokerError> {
         let announce = self.announce_returns.load(Ordering::Acquire);
-        let (version, entries) = {
+        let everywhere = self.resync_everywhere.load(Ordering::Acquire);
+        let (version, touched, entries) = {
             let local = self.local();
             // Users with sockets here, then those gone without Redis hearing it, and — when
             // Redis lost its data — those whose `left` it held pending: the latter two go in
@@ -488,25 +516,41 @@ impl Shared {
                 .map(|((room, _), entry)| (room.clone(), entry.clone()))
                 .chain(gone)
                 .collect();
-            (local.version, entries)
+            (local.version, local.touched, entries)
         };
-        let mut call = self.common().invoke(&self.scripts.resync);
-        call.arg(&self.node_id)
-            .arg(if announce { "1" } else { "0" });
-        for (room, entry) in &entries {
-            call.arg(room.as_str())
-                .arg(entry.identity.id())
-                .arg(entry.sockets)
-                .arg(entry.identity.json().get())
-                .arg(farewell(&entry.identity))
-                .arg(join_body(room, &entry.identity));
+        let mut by_partition: HashMap<Partition, Vec<&(RoomName, LocalEntry)>> = HashMap::new();
+        for entry in &entries {
+            by_partition
+                .entry(Partition::of(&entry.0))
+                .or_default()
+                .push(entry);
         }
-        self.run::<i64>(call).await?;
+        let scope = Partition::all().filter(|partition| {
+            everywhere
+                || touched & (1 << partition.index()) != 0
+                || by_partition.contains_key(partition)
+        });
+        try_join_all(scope.map(|partition| {
+            let mut call = self.common(partition).invoke_presence(&self.scripts.resync);
+            call.arg(&self.node_id)
+                .arg(if announce { "1" } else { "0" });
+            for (room, entry) in by_partition.get(&partition).into_iter().flatten() {
+                call.arg(room.as_str())
+                    .arg(entry.identity.id())
+                    .arg(entry.sockets)
+                    .arg(entry.identity.json().get())
+                    .arg(farewell(&entry.identity))
+                    .arg(join_body(room, &entry.identity));
+            }
+            async move { self.run::<i64>(call).await }
+        }))
+        .await?;
         let mut local = self.local();
         if local.version == version {
             local.departed.clear();
             self.restore_pending.store(false, Ordering::Release);
             self.resync_needed.store(false, Ordering::Release);
+            self.resync_everywhere.store(false, Ordering::Release);
             self.announce_returns.store(false, Ordering::Release);
         }
         drop(local);
@@ -518,33 +562,109 @@ impl Shared {
         Ok(())
     }
 
-    /// Announces the `left`s whose grace has passed.
-    async fn sweep(&self) -> Result<(), BrokerError> {
-        let mut call = self.common().invoke(&self.scripts.sweep);
-        call.arg(SWEEP_BATCH);
-        self.run::<i64>(call).await.map(drop)
+    /// Announces the `left`s whose grace has passed in `partitions`.
+    async fn sweep(&self, partitions: &[Partition]) -> Result<(), BrokerError> {
+        try_join_all(partitions.iter().map(|&partition| {
+            let mut call = self.common(partition).invoke_presence(&self.scripts.sweep);
+            call.arg(SWEEP_BATCH);
+            async move { self.run::<i64>(call).await }
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// Releases `node`'s sockets in every partition, with `grace` before their `left`.
+    /// Returns how many (room, user) entries were released.
+    async fn release_node(
+        &self,
+        node: &str,
+        grace: Duration,
+        partitions: impl Iterator<Item = Partition>,
+    ) -> Result<i64, BrokerError> {
+        let released = try_join_all(partitions.map(|partition| {
+            let mut call = self
+                .common(partition)
+                .invoke_presence(&self.scripts.release_node);
+            call.arg(node).arg(grace.as_millis() as u64);
+            async move { self.run::<i64>(call).await }
+        }))
+        .await?;
+        Ok(released.into_iter().sum())
     }
 
     /// Reaps nodes whose liveness key expired. Their users have been gone at least
     /// [`NODE_TTL`], which counts against their leave grace.
     async fn reap(&self) -> Result<(), BrokerError> {
         let remaining_grace = self.leave_grace.saturating_sub(NODE_TTL);
-        let mut call = self.common().invoke(&self.scripts.reap);
-        call.arg(&self.node_id)
-            .arg(remaining_grace.as_millis() as u64)
-            .arg(REAPED_MARKER_TTL.as_millis() as u64);
-        let released: i64 = self.run(call).await?;
-        if released > 0 {
-            warn!(released, "reaped the sockets of dead nodes");
-            self.metrics.presence_reaped.inc_by(released as u64);
+        let mut call = scripts::reap(&self.scripts, &self.node_id);
+        call.arg(REAPED_MARKER_TTL.as_millis() as u64);
+        let dead: Vec<String> = self.run(call).await?;
+        for node in dead {
+            let released = self
+                .release_node(&node, remaining_grace, Partition::all())
+                .await?;
+            self.query::<i64>(redis::cmd("SREM").arg(registry::REAPING).arg(&node).clone())
+                .await?;
+            if released > 0 {
+                warn!(released, node.id = %node, "reaped the sockets of a dead node");
+                self.metrics.presence_reaped.inc_by(released as u64);
+            }
         }
         Ok(())
+    }
+
+    /// Takes this node out of Redis at the end of a graceful stop: its remaining sockets are
+    /// released with the full grace (users who reconnect elsewhere announce nothing).
+    async fn deregister(&self) -> Result<i64, BrokerError> {
+        let touched = self.local().touched;
+        let partitions =
+            Partition::all().filter(|partition| touched & (1 << partition.index()) != 0);
+        let released = self
+            .release_node(&self.node_id, self.leave_grace, partitions)
+            .await?;
+        self.query::<i64>(
+            redis::cmd("DEL")
+                .arg(registry::alive(&self.node_id))
+                .clone(),
+        )
+        .await?;
+        self.query::<i64>(
+            redis::cmd("SREM")
+                .arg(registry::NODES)
+                .arg(&self.node_id)
+                .clone(),
+        )
+        .await?;
+        Ok(released)
+    }
+
+    /// The partitions to sweep at tick `tick`: a round of the subscribed ones, and those
+    /// where a departure this node made pending has fallen due.
+    fn partitions_to_sweep(&self, tick: usize, now: Instant) -> Vec<Partition> {
+        let mut partitions: Vec<Partition> = self
+            .partitions
+            .subscribed()
+            .into_iter()
+            .filter(|partition| partition.index() % SWEEP_ROUNDS == tick % SWEEP_ROUNDS)
+            .collect();
+        for ((room, _), (_, due)) in &self.local().pending_leaves {
+            let partition = Partition::of(room);
+            if *due <= now && !partitions.contains(&partition) {
+                partitions.push(partition);
+            }
+        }
+        partitions
     }
 }
 
 impl LocalPresence {
+    fn touch(&mut self, room: &RoomName) {
+        self.touched |= 1 << Partition::of(room).index();
+    }
+
     fn add(&mut self, room: &RoomName, user: &Identity) {
         let key = (room.clone(), user.id().to_owned());
+        self.touch(room);
         self.departed.remove(&key);
         self.pending_leaves.remove(&key);
         self.entries
@@ -577,11 +697,13 @@ impl LocalPresence {
         }
     }
 
-    /// A sweep that began at `swept_at` succeeded: every departure due by then has been
-    /// announced (or its user came back), so it need not be remembered. What is left is
-    /// bounded by the users who left within one grace period (or during an outage).
-    fn forget_swept(&mut self, swept_at: Instant) {
-        self.pending_leaves.retain(|_, (_, due)| *due > swept_at);
+    /// A sweep of `partitions` that began at `swept_at` succeeded: every departure there due
+    /// by then has been announced (or its user came back), so it need not be remembered. What
+    /// is left is bounded by the users who left within one grace period (or during an outage).
+    fn forget_swept(&mut self, partitions: &[Partition], swept_at: Instant) {
+        self.pending_leaves.retain(|(room, _), (_, due)| {
+            *due > swept_at || !partitions.contains(&Partition::of(room))
+        });
     }
 
     /// Redis could not be told that a socket of `user` closed: if it was the user's last one
@@ -625,7 +747,7 @@ async fn run_maintenance(shared: Arc<Shared>, stop: CancellationToken) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_heartbeat = Instant::now();
     let mut next_reap = Instant::now() + REAP_PERIOD;
-    loop {
+    for tick in 0.. {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
@@ -642,8 +764,9 @@ async fn run_maintenance(shared: Arc<Shared>, stop: CancellationToken) {
             let _ = shared.reap().await;
         }
         let swept_at = Instant::now();
-        if shared.sweep().await.is_ok() {
-            shared.local().forget_swept(swept_at);
+        let partitions = shared.partitions_to_sweep(tick, swept_at);
+        if shared.sweep(&partitions).await.is_ok() {
+            shared.local().forget_swept(&partitions, swept_at);
         }
     }
 }

@@ -1,26 +1,20 @@
 //! The Lua scripts of the Redis broker, and how they are called.
 //!
-//! Every script is the shared prelude (`lua/prelude.lua`: key names, id allocation, `emit`,
-//! presence release) followed by its own body. `redis::Script` calls them with `EVALSHA` and
-//! reloads them on `NOSCRIPT`, so a Redis that restarted empty needs no special care.
+//! A script that makes frames runs on one partition's slot: it is `lua/emit.lua` (the
+//! partition's id counter, log and channel, and `emit`), for presence scripts followed by
+//! `lua/presence.lua` (room keys, departures, releases), then its own body. Every key it
+//! touches carries the partition's hash tag. The registry scripts (`heartbeat`, `reap`) run
+//! on the `{nodes}` slot. `redis::Script` calls them with `EVALSHA` and loads them on
+//! `NOSCRIPT`, so a Redis that restarted empty (or a new cluster primary) needs no special care.
 
-use deadpool_redis::redis::{FromRedisValue, Script, ScriptInvocation};
+use redis::{FromRedisValue, Script, ScriptInvocation};
 use serde_json::value::RawValue;
 
+use super::keys::{PARTITIONS, Partition, registry};
 use crate::protocol::{now_ms, now_us};
 
-const PRELUDE: &str = include_str!("lua/prelude.lua");
-
-/// The key prefix of everything confab keeps in Redis (also spelled out in the prelude).
-pub const KEY_PREFIX: &str = "confab:";
-/// The pub/sub channel every frame of every room is published on.
-pub const EVENTS_CHANNEL: &str = "confab:events";
-/// The stream that keeps recent frames for gap repair, keyed `<id>-0`.
-pub const LOG_KEY: &str = "confab:log";
-/// The newest id given out.
-pub const SEQ_KEY: &str = "confab:seq";
-/// The first id of the current sequence (ids below it were never given out by this Redis).
-pub const SEQ_START_KEY: &str = "confab:seq_start";
+const EMIT: &str = include_str!("lua/emit.lua");
+const PRESENCE: &str = include_str!("lua/presence.lua");
 
 /// The compiled scripts. One set per broker.
 pub(super) struct Scripts {
@@ -28,37 +22,73 @@ pub(super) struct Scripts {
     pub(super) join: Script,
     pub(super) leave: Script,
     pub(super) sweep: Script,
+    pub(super) release_node: Script,
+    pub(super) resync: Script,
     pub(super) heartbeat: Script,
     pub(super) reap: Script,
-    pub(super) deregister: Script,
-    pub(super) resync: Script,
 }
 
 impl Scripts {
-    /// Prepends the prelude to each script body.
+    /// Puts each script together from its parts.
     pub(super) fn new() -> Self {
-        let script = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        let emitting = |body: &str| Script::new(&format!("{EMIT}\n{body}"));
+        let presence = |body: &str| Script::new(&format!("{EMIT}\n{PRESENCE}\n{body}"));
         Self {
-            publish: script(include_str!("lua/publish.lua")),
-            join: script(include_str!("lua/join.lua")),
-            leave: script(include_str!("lua/leave.lua")),
-            sweep: script(include_str!("lua/sweep.lua")),
-            heartbeat: script(include_str!("lua/heartbeat.lua")),
-            reap: script(include_str!("lua/reap.lua")),
-            deregister: script(include_str!("lua/deregister.lua")),
-            resync: script(include_str!("lua/resync.lua")),
+            publish: emitting(include_str!("lua/publish.lua")),
+            join: presence(include_str!("lua/join.lua")),
+            leave: presence(include_str!("lua/leave.lua")),
+            sweep: presence(include_str!("lua/sweep.lua")),
+            release_node: presence(include_str!("lua/release_node.lua")),
+            resync: presence(include_str!("lua/resync.lua")),
+            heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
+            reap: Script::new(include_str!("lua/reap.lua")),
         }
     }
 }
 
-/// The arguments every script takes first (`ARGV[1..7]` in the prelude).
+/// One partition's fixed keys and channel, built once per broker rather than per call.
+#[derive(Debug)]
+pub(super) struct PartitionKeys {
+    pub(super) partition: Partition,
+    pub(super) prefix: String,
+    pub(super) seq: String,
+    pub(super) seq_start: String,
+    pub(super) log: String,
+    pub(super) leaving: String,
+    pub(super) channel: String,
+}
+
+impl PartitionKeys {
+    /// The keys of every partition, indexed by partition number.
+    pub(super) fn all() -> Vec<Self> {
+        Partition::all()
+            .map(|partition| Self {
+                partition,
+                prefix: partition.prefix(),
+                seq: partition.seq_key(),
+                seq_start: partition.seq_start_key(),
+                log: partition.log_key(),
+                leaving: partition.leaving_key(),
+                channel: partition.channel(),
+            })
+            .collect()
+    }
+}
+
+/// What every partition script takes first (`KEYS[1..3]`, `ARGV[1..11]` in `emit.lua` and
+/// `presence.lua`).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Common {
-    /// The highest id this node has seen: no new id is given out at or below it.
+pub(super) struct Common<'a> {
+    /// The partition's keys.
+    pub(super) keys: &'a PartitionKeys,
+    /// The highest id this node has seen in the partition: no new id is given out at or
+    /// below it.
     pub(super) floor: u64,
+    /// `PUBLISH` on one Redis, `SPUBLISH` on a Redis Cluster.
+    pub(super) publish_command: &'static str,
     /// `CONFAB_HISTORY`.
     pub(super) history_len: usize,
-    /// Frames kept in the log.
+    /// Frames kept in each partition's log.
     pub(super) log_len: usize,
     /// How long an idle room keeps its history, in ms.
     pub(super) retention_ms: u64,
@@ -66,25 +96,66 @@ pub(super) struct Common {
     pub(super) grace_ms: u64,
 }
 
-impl Common {
-    /// Starts a call of `script` with the common arguments, stamped with this node's clock.
-    pub(super) fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+impl Common<'_> {
+    /// Starts a call of a partition `script` with the common keys and arguments, stamped
+    /// with this node's clock. `extra_keys` follow `KEYS[1..3]`.
+    pub(super) fn invoke<'s>(&self, script: &'s Script) -> ScriptInvocation<'s> {
+        let keys = self.keys;
         let mut invocation = script.prepare_invoke();
         invocation
-            .arg(self.floor)
+            .key(&keys.seq)
+            .key(&keys.seq_start)
+            .key(&keys.log)
+            .arg(self.floor / u64::from(PARTITIONS))
             .arg(now_us())
             .arg(now_ms())
+            .arg(keys.partition.index())
+            .arg(&keys.channel)
+            .arg(self.publish_command)
             .arg(self.history_len)
             .arg(self.log_len)
             .arg(self.retention_ms)
-            .arg(self.grace_ms);
+            .arg(self.grace_ms)
+            .arg(&keys.prefix);
+        invocation
+    }
+
+    /// Like [`Common::invoke`], for a presence script: `KEYS[4]` is the partition's
+    /// departures.
+    pub(super) fn invoke_presence<'s>(&self, script: &'s Script) -> ScriptInvocation<'s> {
+        let mut invocation = self.invoke(script);
+        invocation.key(&self.keys.leaving);
         invocation
     }
 }
 
+/// Starts a call of the `heartbeat` script for `node`.
+pub(super) fn heartbeat<'s>(scripts: &'s Scripts, node: &str) -> ScriptInvocation<'s> {
+    let mut invocation = scripts.heartbeat.prepare_invoke();
+    invocation
+        .key(registry::NODES)
+        .key(registry::alive(node))
+        .key(registry::reaped(node))
+        .key(registry::EPOCH)
+        .key(registry::REAPING)
+        .arg(node);
+    invocation
+}
+
+/// Starts a call of the `reap` script by `node`.
+pub(super) fn reap<'s>(scripts: &'s Scripts, node: &str) -> ScriptInvocation<'s> {
+    let mut invocation = scripts.reap.prepare_invoke();
+    invocation
+        .key(registry::NODES)
+        .key(registry::REAPING)
+        .arg(node)
+        .arg(registry::PREFIX);
+    invocation
+}
+
 /// What the join script returns: the newest id, the room's history, the users online.
 pub(super) struct JoinReply {
-    /// The newest id given out when the snapshot was taken.
+    /// The newest id given out in the room's partition when the snapshot was taken.
     pub(super) seen_up_to: u64,
     /// The room's history frames, oldest first.
     pub(super) history: Vec<String>,
@@ -93,9 +164,7 @@ pub(super) struct JoinReply {
 }
 
 impl FromRedisValue for JoinReply {
-    fn from_redis_value(
-        value: deadpool_redis::redis::Value,
-    ) -> Result<Self, deadpool_redis::redis::ParsingError> {
+    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
         let (seen_up_to, history, members): (String, Vec<String>, Vec<String>) =
             FromRedisValue::from_redis_value(value)?;
         Ok(Self {

@@ -1,36 +1,50 @@
-//! The node's one subscription to `confab:events`, and the repair that makes it lossless.
+//! The node's one pub/sub connection, subscribed to the channels of the partitions its sockets
+//! are in, and the repair that makes it lossless.
 //!
 //! Redis pub/sub is at-most-once: a subscriber whose connection drops misses what was published
-//! meanwhile. But every frame also goes into the `confab:log` stream under its id, and every
-//! node sees one contiguous id sequence on the one channel. So the relay knows the next id it
-//! should see; a frame further ahead means a gap, which it fills from the log before handing
-//! the newer frame on. After a reconnect it first reads everything after the last id it
-//! delivered. Each socket therefore gets every frame once, in id order, across any blip.
+//! meanwhile. But every frame also goes into its partition's log stream under its id, and ids
+//! within a partition are consecutive steps of [`PARTITIONS`]. So the relay knows the next id
+//! it should see in each partition; a frame further ahead means a gap, which it fills from
+//! that partition's log before handing the newer frame on. After a reconnect it first reads,
+//! partition by partition, everything after the last id it delivered. Each socket therefore
+//! gets every frame once, in id order, across any blip.
+//!
+//! Subscriptions follow the sockets ([`PartitionTable`](super::partition::PartitionTable)):
+//! a partition wanted by a joining socket is subscribed, then its starting point is read (the
+//! partition's newest id), and only then may the socket take its snapshot.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, FromRedisValue};
 use futures_util::StreamExt;
+use futures_util::future::try_join_all;
+use redis::aio::PubSubSink;
+use redis::{self, FromRedisValue};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{EVENTS_CHANNEL, LOG_KEY, MAX_BACKOFF, SEQ_KEY, SEQ_START_KEY, Shared};
+use super::keys::{LEGACY_SEQ_KEY, PARTITIONS, Partition};
+use super::{COMMAND_TIMEOUT, MAX_BACKOFF, Shared};
 use crate::broker::BrokerError;
 use crate::protocol::{Frame, parse_frame_header};
 
-/// How often the subscription connection is pinged, so a silently dead one is noticed.
+/// How often the subscription connection is pinged, so a silently dead one is noticed, and
+/// lingering partitions are let go.
 const PING_PERIOD: Duration = Duration::from_secs(3);
+/// How often the subscriber looks for partitions to let go.
+const RECONCILE_PERIOD: Duration = Duration::from_secs(1);
 /// The first wait before reconnecting; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Log entries read per request when catching up.
 const LOG_PAGE: usize = 1000;
+/// The id step within one partition.
+const STEP: u64 = PARTITIONS as u64;
 
 /// Keeps the node subscribed until `stop`, reconnecting with capped, jittered back-off.
 pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut relay = Relay {
         shared: &shared,
-        delivered: 0,
+        delivered: vec![None; usize::from(PARTITIONS)],
         connected_once: false,
     };
     let mut backoff = FIRST_BACKOFF;
@@ -40,6 +54,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             outcome = relay.subscribe_and_relay(&mut backoff) => outcome,
         };
+        shared.partitions.mark_unsubscribed(Partition::all());
         shared.note_subscribed(false);
         match outcome {
             Err(error) if !relay.connected_once && !warned_at_start => {
@@ -60,46 +75,62 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// Runs `future` within [`COMMAND_TIMEOUT`].
+async fn timed<T>(
+    future: impl Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, BrokerError> {
+    Ok(tokio::time::timeout(COMMAND_TIMEOUT, future)
+        .await
+        .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT))??)
+}
+
 /// Hands frames to the hub in id order, exactly once each.
 struct Relay<'a> {
     shared: &'a Shared,
-    /// The id of the last frame handed to the hub (or, before the first, the newest id when
-    /// the node first subscribed); 0 while Redis has never given out an id.
-    delivered: u64,
+    /// Per partition: the id of the last frame handed to the hub (or, before the first, the
+    /// partition's newest id when it was subscribed; 0 while Redis never gave one out there).
+    /// `None`: not subscribed, frames of that partition concern no socket here.
+    delivered: Vec<Option<u64>>,
     connected_once: bool,
 }
 
 impl Relay<'_> {
-    /// Subscribes, catches up from the log, then relays until the connection fails.
+    /// Connects, subscribes again to what it relayed before and catches up from the logs,
+    /// then relays and follows the wanted partitions until the connection fails.
     async fn subscribe_and_relay(&mut self, backoff: &mut Duration) -> Result<(), BrokerError> {
         let shared = self.shared;
-        let pubsub = tokio::time::timeout(super::COMMAND_TIMEOUT, shared.client.get_async_pubsub())
-            .await
-            .map_err(|_| BrokerError::Timeout(super::COMMAND_TIMEOUT))??;
+        let pubsub = timed(shared.client.get_async_pubsub()).await?;
         let (mut sink, mut stream) = pubsub.split();
-        tokio::time::timeout(super::COMMAND_TIMEOUT, sink.subscribe(EVENTS_CHANNEL))
-            .await
-            .map_err(|_| BrokerError::Timeout(super::COMMAND_TIMEOUT))??;
-        // Subscribed first, then read Redis: whatever is published in between arrives on
-        // both, and the relay drops the second copy.
-        if self.connected_once {
-            self.catch_up().await?;
+        if !self.connected_once {
+            // Ids given out by the one-channel layout (before partitions) stay below every
+            // new one: they are the floor of every partition.
+            let legacy: Option<u64> = shared
+                .query(redis::cmd("GET").arg(LEGACY_SEQ_KEY).clone())
+                .await?;
+            shared.partitions.saw_everywhere(legacy.unwrap_or(0));
+        }
+        let tracked: Vec<Partition> = Partition::all()
+            .filter(|partition| self.delivered[partition.index()].is_some())
+            .collect();
+        if !tracked.is_empty() {
+            // Subscribed first, then read Redis: whatever is published in between arrives
+            // on both, and the relay drops the second copy.
+            timed(sink.subscribe(channels(shared, &tracked))).await?;
+            for &partition in &tracked {
+                self.catch_up(partition).await?;
+            }
             shared.metrics.broker_reconnects.inc();
-            info!(last.id = self.delivered, "Redis subscription restored");
-        } else {
-            // The first subscription starts from the newest id: from here on every frame is
-            // either received or repaired, so the node may take sockets.
-            let newest: Option<u64> = shared.query(redis::cmd("GET").arg(SEQ_KEY).clone()).await?;
-            self.delivered = newest.unwrap_or(0);
-            shared.saw(self.delivered);
-            shared.note_baseline();
+            info!(partitions = tracked.len(), "Redis subscription restored");
+            shared.partitions.mark_ready(&tracked);
         }
         self.connected_once = true;
         *backoff = FIRST_BACKOFF;
         shared.note_subscribed(true);
+        self.report_subscriptions();
 
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_PERIOD, PING_PERIOD);
+        let mut reconcile = tokio::time::interval(RECONCILE_PERIOD);
         loop {
             tokio::select! {
                 message = stream.next() => {
@@ -107,36 +138,88 @@ impl Relay<'_> {
                         warn!("Redis subscription connection closed");
                         return Ok(());
                     };
+                    shared.metrics.broker_frames_received.inc();
                     let payload = message.get_payload_bytes();
                     match std::str::from_utf8(payload) {
                         Ok(text) => self.relay(text).await?,
-                        Err(_) => warn!("ignoring a non-UTF-8 message on the events channel"),
+                        Err(_) => warn!("ignoring a non-UTF-8 message on a partition channel"),
                     }
                 }
+                () = shared.partitions.changed.notified() => self.reconcile(&mut sink).await?,
+                _ = reconcile.tick() => self.reconcile(&mut sink).await?,
                 _ = ping.tick() => {
                     // A subscribed connection answers PING with ["pong", ""], not "PONG".
-                    tokio::time::timeout(super::COMMAND_TIMEOUT, sink.ping::<redis::Value>())
-                        .await
-                        .map_err(|_| BrokerError::Timeout(super::COMMAND_TIMEOUT))??;
+                    timed(sink.ping::<redis::Value>()).await?;
                 }
             }
         }
     }
 
-    /// Hands on one frame from the channel, first filling any gap before it.
+    /// Subscribes to the partitions sockets now want, taking each one's starting point, and
+    /// lets go of those idle past their linger.
+    async fn reconcile(&mut self, sink: &mut PubSubSink) -> Result<(), BrokerError> {
+        let shared = self.shared;
+        let plan = shared.partitions.plan(tokio::time::Instant::now());
+        if !plan.unsubscribe.is_empty() {
+            for partition in &plan.unsubscribe {
+                self.delivered[partition.index()] = None;
+            }
+            timed(sink.unsubscribe(channels(shared, &plan.unsubscribe))).await?;
+            debug!(
+                partitions = plan.unsubscribe.len(),
+                "unsubscribed idle partitions"
+            );
+        }
+        if !plan.subscribe.is_empty() {
+            timed(sink.subscribe(channels(shared, &plan.subscribe))).await?;
+            // Subscribed first, then the starting point: every frame after it is either
+            // received or repaired, so sockets may take their snapshots from now on.
+            let newest = try_join_all(plan.subscribe.iter().map(|&partition| {
+                let key = &shared.keys[partition.index()].seq;
+                shared.query::<Option<u64>>(redis::cmd("GET").arg(key).clone())
+            }))
+            .await?;
+            for (&partition, count) in plan.subscribe.iter().zip(newest) {
+                let start = count.map_or(0, |count| count * STEP + partition.index() as u64);
+                let delivered = &mut self.delivered[partition.index()];
+                *delivered = Some(delivered.unwrap_or(0).max(start));
+                shared.partitions.saw(start);
+            }
+            shared.partitions.mark_ready(&plan.subscribe);
+        }
+        if !plan.subscribe.is_empty() || !plan.unsubscribe.is_empty() {
+            self.report_subscriptions();
+        }
+        Ok(())
+    }
+
+    fn report_subscriptions(&self) {
+        let subscribed = self.delivered.iter().filter(|d| d.is_some()).count();
+        self.shared
+            .metrics
+            .broker_partitions_subscribed
+            .set(subscribed as i64);
+    }
+
+    /// Hands on one frame from a channel, first filling any gap before it.
     async fn relay(&mut self, text: &str) -> Result<(), BrokerError> {
         let Ok(header) = parse_frame_header(text) else {
-            warn!("ignoring a malformed frame on the events channel");
+            warn!("ignoring a malformed frame on a partition channel");
             return Ok(());
         };
-        if header.id <= self.delivered {
+        let partition = Partition::of_id(header.id);
+        let Some(delivered) = self.delivered[partition.index()] else {
+            // Unsubscribed, or not yet: no socket here is waiting for it.
+            return Ok(());
+        };
+        if header.id <= delivered {
             return Ok(());
         }
         // With no id ever given out before, the first frame starts the sequence.
-        if self.delivered > 0 && header.id > self.delivered + 1 {
-            let before = self.delivered;
-            let (recovered, _) = self.read_log(Some(header.id - 1)).await?;
-            self.account_for_gap(before, header.id, recovered).await?;
+        if delivered > 0 && header.id > delivered + STEP {
+            let (recovered, _) = self.read_log(partition, Some(header.id - 1)).await?;
+            self.account_for_gap(partition, delivered, header.id, recovered)
+                .await?;
         }
         let lag_ms = crate::protocol::now_ms().saturating_sub(header.ts);
         self.shared
@@ -147,18 +230,20 @@ impl Relay<'_> {
         Ok(())
     }
 
-    /// Reads the log after the last delivered id, up to the newest entry.
-    async fn catch_up(&mut self) -> Result<(), BrokerError> {
-        let before = self.delivered;
-        let (recovered, first) = self.read_log(None).await?;
+    /// Reads the partition's log after the last delivered id, up to the newest entry.
+    async fn catch_up(&mut self, partition: Partition) -> Result<(), BrokerError> {
+        let before = self.delivered[partition.index()].unwrap_or(0);
+        let (recovered, first) = self.read_log(partition, None).await?;
         if let Some(first) = first
-            && first > before + 1
+            && before > 0
+            && first > before + STEP
         {
-            self.account_for_gap(before, first, 0).await?;
+            self.account_for_gap(partition, before, first, 0).await?;
         }
         if recovered > 0 {
             info!(
                 frames = recovered,
+                partition = %partition,
                 from.id = before,
                 "caught up from the Redis log"
             );
@@ -171,20 +256,25 @@ impl Relay<'_> {
     /// never existed, below the start of a new sequence (Redis restarted empty).
     async fn account_for_gap(
         &self,
+        partition: Partition,
         before: u64,
         next: u64,
         recovered: u64,
     ) -> Result<(), BrokerError> {
-        let missing = (next - before - 1).saturating_sub(recovered);
+        let missing = ((next - before) / STEP)
+            .saturating_sub(1)
+            .saturating_sub(recovered);
         if missing == 0 {
             return Ok(());
         }
+        let key = &self.shared.keys[partition.index()].seq_start;
         let sequence_start: Option<u64> = self
             .shared
-            .query(redis::cmd("GET").arg(SEQ_START_KEY).clone())
+            .query(redis::cmd("GET").arg(key).clone())
             .await?;
-        let never_given = match sequence_start {
-            Some(start) if start > before + 1 => start.min(next) - before - 1,
+        let start = sequence_start.map(|count| count * STEP + partition.index() as u64);
+        let never_given = match start {
+            Some(start) if start > before + STEP => (start.min(next) - before) / STEP - 1,
             _ => 0,
         };
         let lost = missing.saturating_sub(never_given);
@@ -192,12 +282,14 @@ impl Relay<'_> {
             self.shared.metrics.broker_frames_lost.inc_by(lost);
             warn!(
                 lost,
+                partition = %partition,
                 from.id = before,
                 to.id = next,
                 "frames missing from the subscription are no longer in the Redis log"
             );
         } else {
             info!(
+                partition = %partition,
                 from.id = before,
                 to.id = next,
                 "Redis started a new id sequence"
@@ -206,17 +298,22 @@ impl Relay<'_> {
         Ok(())
     }
 
-    /// Delivers the log's frames after the last delivered id and up to `last` (or all).
-    /// Returns how many, and the id of the first.
-    async fn read_log(&mut self, last: Option<u64>) -> Result<(u64, Option<u64>), BrokerError> {
+    /// Delivers the partition log's frames after the last delivered id and up to `last` (or
+    /// all). Returns how many, and the id of the first.
+    async fn read_log(
+        &mut self,
+        partition: Partition,
+        last: Option<u64>,
+    ) -> Result<(u64, Option<u64>), BrokerError> {
         let mut recovered = 0;
         let mut first = None;
-        let mut cursor = self.delivered;
+        let mut cursor = self.delivered[partition.index()].unwrap_or(0);
+        let log = &self.shared.keys[partition.index()].log;
         loop {
             let end = last.map_or_else(|| "+".to_owned(), |last| format!("{last}-0"));
             let mut command = redis::cmd("XRANGE");
             command
-                .arg(LOG_KEY)
+                .arg(log)
                 .arg(format!("{}-0", cursor + 1))
                 .arg(end)
                 .arg("COUNT")
@@ -225,8 +322,9 @@ impl Relay<'_> {
             let page = entries.len();
             for entry in entries {
                 cursor = cursor.max(entry.id);
+                let delivered = self.delivered[partition.index()].unwrap_or(0);
                 if let Ok(header) = parse_frame_header(&entry.frame)
-                    && header.id > self.delivered
+                    && header.id > delivered
                 {
                     first.get_or_insert(header.id);
                     let room = header.room.to_owned();
@@ -247,12 +345,20 @@ impl Relay<'_> {
 
     fn deliver(&mut self, id: u64, room: &str, text: String) {
         self.shared.hub.dispatch(room, &Frame::new(id, text));
-        self.delivered = id;
-        self.shared.saw(id);
+        self.delivered[Partition::of_id(id).index()] = Some(id);
+        self.shared.partitions.saw(id);
     }
 }
 
-/// One entry of `confab:log`: `<id>-0` with the field `f` holding the frame.
+/// The channels of `partitions`.
+fn channels<'a>(shared: &'a Shared, partitions: &[Partition]) -> Vec<&'a str> {
+    partitions
+        .iter()
+        .map(|partition| shared.keys[partition.index()].channel.as_str())
+        .collect()
+}
+
+/// One entry of a partition's log: `<id>-0` with the field `f` holding the frame.
 struct LogEntry {
     id: u64,
     frame: String,

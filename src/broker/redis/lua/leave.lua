@@ -1,9 +1,9 @@
--- One socket of a user in a room, on this node, closed. ARGV[8]: node, [9]: room, [10]: user
--- id. Returns 0 when this node had no such socket counted (it re-synchronised since), 2 when
--- that was the user's last socket anywhere and `left` is now pending, else 1.
-local node, room, uid = ARGV[8], ARGV[9], ARGV[10]
+-- One socket of a user in a room, on this node, closed. ARGV[12]: node, [13]: room, [14]:
+-- user id. Returns 0 when this node had no such socket counted (it re-synchronised since), 2
+-- when that was the user's last socket anywhere and `left` is now pending, else 1.
+local node, room, uid = ARGV[12], ARGV[13], ARGV[14]
 local field = room .. ' ' .. uid
-local mine = node_key(node, 'sockets')
+local mine = node_sockets(node)
 local here = redis.call('HINCRBY', mine, field, -1)
 if here <= 0 then redis.call('HDEL', mine, field) end
 if here < 0 then return 0 end

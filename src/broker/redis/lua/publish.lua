@@ -1,2 +1,2 @@
--- A chat message. ARGV[8]: room, ARGV[9]: the frame body. Returns the id.
-return emit(ARGV[8], ARGV[9])
+-- A chat message. KEYS[4]: the room's history; ARGV[12]: the frame body. Returns the id.
+return emit(KEYS[4], ARGV[12])

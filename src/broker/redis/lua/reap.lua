@@ -1,14 +1,16 @@
--- Releases the sockets of every registered node whose liveness key has expired (it died
--- without cleaning up), so its users leave the rooms. Every node runs it; SREM makes each
--- reap happen once. ARGV[8]: this node, [9]: the grace left for the reaped users (ms),
--- [10]: how long the `reaped` marker for the dead node is kept (ms).
--- Returns the number of (room, user) entries released.
-local released = 0
+-- Declares dead every registered node whose liveness key has expired (it died without
+-- cleaning up), and returns every node whose sockets are still to be released, partition by
+-- partition, by the caller (a caller that fails half-way leaves the node listed for the next).
+-- Runs on the registry's slot. KEYS[1]: the registry set, [2]: the set of nodes being reaped.
+-- ARGV[1]: this node, [2]: the registry's key prefix (`confab:{nodes}:`), [3]: how long the
+-- `reaped` marker is kept (ms).
+local NODES, REAPING = KEYS[1], KEYS[2]
+local me, prefix = ARGV[1], ARGV[2]
 for _, node in ipairs(redis.call('SMEMBERS', NODES)) do
-  if node ~= ARGV[8] and redis.call('EXISTS', node_key(node, 'alive')) == 0 then
+  if node ~= me and redis.call('EXISTS', prefix .. 'alive:' .. node) == 0 then
     redis.call('SREM', NODES, node)
-    redis.call('SET', node_key(node, 'reaped'), '1', 'PX', ARGV[10])
-    released = released + release_node(node, tonumber(ARGV[9]))
+    redis.call('SADD', REAPING, node)
+    redis.call('SET', prefix .. 'reaped:' .. node, '1', 'PX', ARGV[3])
   end
 end
-return released
+return redis.call('SMEMBERS', REAPING)

@@ -1,0 +1,202 @@
+//! The partitioned Redis layout: rooms spread over partitions, each with its own ids, log and
+//! channel, and nodes that hear only the partitions their sockets are in.
+
+use confab::broker::redis::LINGER;
+use confab::broker::redis::keys::{LEGACY_SEQ_KEY, PARTITIONS, Partition};
+use confab::protocol::RoomName;
+
+use crate::helpers::{chat_texts, eventually, ids};
+use crate::redis_server::{RedisServer, spawn_node};
+
+/// `count` room names, each in a partition of its own (none of them the lobby's).
+fn rooms_in_distinct_partitions(count: usize) -> Vec<String> {
+    let mut seen = vec![Partition::of(&RoomName::lobby())];
+    let mut rooms = Vec::new();
+    for n in 0.. {
+        let name = format!("room-{n}");
+        let partition = Partition::of(&RoomName::parse(&name).unwrap());
+        if !seen.contains(&partition) {
+            seen.push(partition);
+            rooms.push(name);
+            if rooms.len() == count {
+                break;
+            }
+        }
+    }
+    rooms
+}
+
+fn partition_of(room: &str) -> Partition {
+    Partition::of(&RoomName::parse(room).unwrap())
+}
+
+#[tokio::test]
+async fn ids_are_unique_across_rooms_name_their_partition_and_grow_within_each_room() {
+    let redis = RedisServer::start().await;
+    let a = spawn_node(&redis, "node-a").await;
+    let b = spawn_node(&redis, "node-b").await;
+    let rooms = rooms_in_distinct_partitions(2);
+    let ann = a.sign_in("ann").await;
+    let bob = b.sign_in("bob").await;
+    let (mut first, _) = a.join(&ann, &rooms[0]).await;
+    let (mut second, _) = b.join(&bob, &rooms[1]).await;
+    for n in 0..20 {
+        first.send(&format!("first {n}")).await;
+        second.send(&format!("second {n}")).await;
+    }
+    let first_frames = first.recv_chats(20).await;
+    let second_frames = second.recv_chats(20).await;
+    assert_eq!(
+        chat_texts(&first_frames)[19],
+        "first 19",
+        "only its own room"
+    );
+    let (first_ids, second_ids) = (ids(&first_frames), ids(&second_frames));
+    for (room, room_ids) in [(&rooms[0], &first_ids), (&rooms[1], &second_ids)] {
+        assert!(
+            room_ids.windows(2).all(|pair| pair[0] < pair[1]),
+            "{room}: {room_ids:?}"
+        );
+        let partition = partition_of(room).index() as u64;
+        assert!(
+            room_ids
+                .iter()
+                .all(|id| id % u64::from(PARTITIONS) == partition),
+            "{room}'s ids fold in its partition {partition}: {room_ids:?}"
+        );
+    }
+    assert!(
+        first_ids.iter().all(|id| !second_ids.contains(id)),
+        "no two rooms share an id"
+    );
+    let now_us = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap();
+    let first_id = first_ids[0];
+    assert!(
+        first_id > now_us - 60_000_000 && first_id < 1 << 53,
+        "a new sequence starts near the time in microseconds: {first_id} vs {now_us}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_hears_only_the_partitions_its_sockets_are_in() {
+    let redis = RedisServer::start().await;
+    let a = spawn_node(&redis, "node-a").await;
+    let b = spawn_node(&redis, "node-b").await;
+    let rooms = rooms_in_distinct_partitions(2);
+    let (mut on_a, _) = a.join(&a.sign_in("ann").await, &rooms[0]).await;
+    let (mut on_b, _) = b.join(&b.sign_in("bob").await, &rooms[1]).await;
+    assert_eq!(a.metric("confab_broker_partitions_subscribed").await, 1.0);
+    assert_eq!(b.metric("confab_broker_partitions_subscribed").await, 1.0);
+    let a_before = a.metric("confab_broker_frames_received_total").await;
+    // Within the rate limit's burst of 20.
+    for n in 0..15 {
+        on_b.send(&format!("only b {n}")).await;
+    }
+    on_b.recv_chats(15).await;
+    on_a.send("marker").await;
+    assert_eq!(
+        chat_texts(&on_a.recv_until_chat("marker").await),
+        ["marker"]
+    );
+    assert_eq!(
+        a.metric("confab_broker_frames_received_total").await - a_before,
+        1.0,
+        "node a received its own room's frame and none of the other partition's 15"
+    );
+    assert!(b.metric("confab_broker_frames_received_total").await >= 15.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_is_let_go_a_linger_after_its_last_socket_and_taken_up_again() {
+    let redis = RedisServer::start().await;
+    let a = spawn_node(&redis, "node-a").await;
+    let b = spawn_node(&redis, "node-b").await;
+    let room = &rooms_in_distinct_partitions(1)[0];
+    let ann = a.sign_in("ann").await;
+    let (socket, _) = a.join(&ann, room).await;
+    assert_eq!(a.metric("confab_broker_partitions_subscribed").await, 1.0);
+    socket.close().await;
+    tokio::time::sleep(LINGER / 2).await;
+    assert_eq!(
+        a.metric("confab_broker_partitions_subscribed").await,
+        1.0,
+        "still subscribed within the linger"
+    );
+    eventually("the idle partition to be let go", || async {
+        a.metric("confab_broker_partitions_subscribed").await == 0.0
+    })
+    .await;
+    // Frames of the partition no longer reach node a...
+    let received = a.metric("confab_broker_frames_received_total").await;
+    let (mut on_b, _) = b.join(&b.sign_in("bob").await, room).await;
+    on_b.send("while a is away").await;
+    on_b.recv_until_chat("while a is away").await;
+    // ...and a socket back on node a gets history, then live frames, with no gap.
+    let (mut back, opening) = a.join(&ann, room).await;
+    assert_eq!(
+        chat_texts(&opening.history),
+        ["while a is away"],
+        "the history covers what a did not hear"
+    );
+    on_b.send("after").await;
+    assert_eq!(chat_texts(&back.recv_until_chat("after").await), ["after"]);
+    assert!(
+        a.metric("confab_broker_frames_received_total").await - received <= 3.0,
+        "only the frames after it subscribed again (bob's join, ann's join, after)"
+    );
+}
+
+#[tokio::test]
+async fn ids_keep_growing_past_those_of_the_one_channel_layout() {
+    let redis = RedisServer::start().await;
+    // What a confab before partitions left behind: its global counter, well ahead of the clock.
+    let legacy = 1u64 << 52;
+    let _: () = redis
+        .command(&["SET", LEGACY_SEQ_KEY, &legacy.to_string()])
+        .await;
+    let a = spawn_node(&redis, "node-a").await;
+    let ann = a.sign_in("ann").await;
+    let (mut socket, _) = a.join(&ann, "lobby").await;
+    socket.send("after the upgrade").await;
+    let frames = socket.recv_until_chat("after the upgrade").await;
+    let id = ids(&frames)[frames.len() - 1];
+    assert!(id > legacy, "{id} is above the old counter {legacy}");
+    assert!(id < 1 << 53);
+    // A page resuming with the last id it saw before the upgrade misses nothing new.
+    let resumed = a
+        .connect(&ann, &format!("?room=lobby&since={legacy}"))
+        .await
+        .recv_opening()
+        .await;
+    assert_eq!(chat_texts(&resumed.history), ["after the upgrade"]);
+}
+
+#[tokio::test]
+async fn publishes_take_one_script_call_each_on_one_connection() {
+    let redis = RedisServer::start().await;
+    let a = spawn_node(&redis, "node-a").await;
+    let (mut socket, _) = a.join(&a.sign_in("ann").await, "lobby").await;
+    let _: () = redis.command(&["CONFIG", "RESETSTAT"]).await;
+    for n in 0..10 {
+        socket.send(&format!("m{n}")).await;
+    }
+    socket.recv_chats(10).await;
+    let stats: String = redis.command(&["INFO", "commandstats"]).await;
+    let calls = |command: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().unwrap())
+    };
+    // The subscription's own keep-alive may fall in the window; a ping per publish may not.
+    assert!(calls("ping") <= 2, "no ping per checkout:\n{stats}");
+    assert_eq!(calls("unwatch"), 0, "no unwatch per checkout:\n{stats}");
+    assert!(calls("evalsha") >= 10, "{stats}");
+}
