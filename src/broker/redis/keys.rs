@@ -77,6 +77,14 @@ impl Partition {
         (0..PARTITIONS).map(Self)
     }
 
+    /// The partition whose key or channel `key` is (`confab:{p3.41}:…`), if any.
+    pub fn of_key(key: &str) -> Option<Self> {
+        let tag = key.strip_prefix(KEY_PREFIX)?.strip_prefix('{')?;
+        let tag = &tag[..tag.find('}')?];
+        let index: u16 = tag.strip_prefix('p')?.split('.').next()?.parse().ok()?;
+        Self::new(index).filter(|partition| partition.tag() == tag)
+    }
+
     /// Its number, `0..PARTITIONS`.
     pub fn index(self) -> usize {
         usize::from(self.0)
@@ -214,6 +222,16 @@ mod tests {
             counts[usize::from(slot / 5461).min(2)] += 1;
         }
         assert!(counts.iter().all(|&n| (42..=43).contains(&n)), "{counts:?}");
+    }
+
+    #[test]
+    fn keys_name_their_partition() {
+        for partition in Partition::all() {
+            assert_eq!(Partition::of_key(&partition.channel()), Some(partition));
+        }
+        assert_eq!(Partition::of_key("confab:{p3.0}:events"), None, "a tag of another layout");
+        assert_eq!(Partition::of_key(registry::NODES), None);
+        assert_eq!(Partition::of_key("confab:events"), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //!
 //! `docs/redis.md` lists every key, its type and lifetime.
 
+mod connection;
 pub mod keys;
 mod partition;
 mod scripts;
@@ -24,18 +25,19 @@ mod subscriber;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, ScriptInvocation};
-use secrecy::{ExposeSecret, SecretString};
+use redis::{FromRedisValue, PushInfo, ScriptInvocation};
+use secrecy::SecretString;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use self::connection::{Commands, Mode, Target};
 use self::keys::{Partition, registry};
 pub use self::partition::LINGER;
 use self::partition::PartitionTable;
@@ -70,6 +72,9 @@ pub const LOG_LEN: usize = 1_000;
 pub const HISTORY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// The longest wait between two reconnection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Sharded messages that may wait for the relay on a Redis Cluster; past that they are
+/// dropped, and the relay repairs the gap from the partition's log.
+const PUSH_QUEUE: usize = 16_384;
 /// How long the marker saying a node was reaped is kept, so that node learns it on return.
 const REAPED_MARKER_TTL: Duration = Duration::from_secs(600);
 /// Most departures one sweep announces.
@@ -92,10 +97,13 @@ struct Shared {
     node_id: String,
     /// Tells this process's liveness key from a previous one with the same node id.
     session: String,
-    /// For the pub/sub connection, which is not the command connection.
-    client: redis::Client,
-    /// Every command and script, multiplexed on one connection that reconnects by itself.
-    connection: ConnectionManager,
+    /// The Redis named by `CONFAB_REDIS_URL`.
+    target: Target,
+    /// One server or a cluster: known once Redis first answered.
+    mode: OnceLock<Mode>,
+    /// Every command and script, multiplexed on one connection that reconnects by itself;
+    /// set once Redis first answered.
+    commands: OnceLock<Commands>,
     scripts: Scripts,
     /// Each partition's keys, by partition number.
     keys: Vec<PartitionKeys>,
@@ -153,30 +161,25 @@ struct LocalEntry {
 }
 
 impl RedisBroker {
-    /// Sets up the connections to Redis at `url` and starts the subscription and maintenance
-    /// tasks. Redis need not be up yet: the node starts unready and keeps trying.
+    /// Starts connecting to the Redis at `url` (one server, or a comma-separated list of
+    /// cluster seeds), then the subscription and maintenance tasks. Redis need not be up yet:
+    /// the node starts unready and keeps trying.
     ///
     /// # Errors
-    /// When the URL cannot be used.
+    /// When a URL cannot be used.
     pub async fn start(
         url: &SecretString,
         hub: Arc<Hub>,
         config: &Config,
         metrics: Metrics,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url.expose_secret())?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(100))
-            .set_max_delay(MAX_BACKOFF);
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+        let target = Target::parse(url)?;
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
             session: format!("{:032x}", rand::random::<u128>()),
-            client,
-            connection,
+            target,
+            mode: OnceLock::new(),
+            commands: OnceLock::new(),
             scripts: Scripts::new(),
             keys: PartitionKeys::all(),
             partitions: PartitionTable::new(),
@@ -199,8 +202,7 @@ impl RedisBroker {
         shared.metrics.broker_up.set(0);
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(subscriber::run(shared.clone(), stop.clone()));
-        tasks.spawn(run_maintenance(shared.clone(), stop.clone()));
+        tasks.spawn(run(shared.clone(), stop.clone()));
         tasks.close();
         Ok(Self {
             shared,
@@ -339,7 +341,7 @@ impl Shared {
         Common {
             keys: &self.keys[partition.index()],
             floor: self.partitions.floor(partition),
-            publish_command: "PUBLISH",
+            publish_command: self.mode().unwrap_or(Mode::Single).publish_command(),
             history_len: self.history_len,
             log_len: LOG_LEN,
             retention_ms: HISTORY_RETENTION.as_millis() as u64,
@@ -347,9 +349,22 @@ impl Shared {
         }
     }
 
+    /// One server or a cluster, once known.
+    fn mode(&self) -> Option<Mode> {
+        self.mode.get().copied()
+    }
+
+    /// The command connection, once Redis first answered.
+    fn commands(&self) -> Option<&Commands> {
+        self.commands.get()
+    }
+
     /// Runs a script within [`COMMAND_TIMEOUT`], and notes whether Redis answered.
     async fn run<T: FromRedisValue>(&self, call: ScriptInvocation<'_>) -> Result<T, BrokerError> {
-        let mut connection = self.connection.clone();
+        let Some(connection) = self.commands() else {
+            return Err(BrokerError::Starting);
+        };
+        let mut connection = connection.clone();
         let result = tokio::time::timeout(COMMAND_TIMEOUT, call.invoke_async(&mut connection))
             .await
             .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT))
@@ -360,7 +375,10 @@ impl Shared {
 
     /// Runs one command, like [`Shared::run`].
     async fn query<T: FromRedisValue>(&self, command: redis::Cmd) -> Result<T, BrokerError> {
-        let mut connection = self.connection.clone();
+        let Some(connection) = self.commands() else {
+            return Err(BrokerError::Starting);
+        };
+        let mut connection = connection.clone();
         let result = tokio::time::timeout(COMMAND_TIMEOUT, command.query_async(&mut connection))
             .await
             .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT))
@@ -739,6 +757,49 @@ fn join_body(room: &RoomName, user: &Identity) -> String {
         &format!("{} joined.", user.user().name),
         now_ms(),
     )
+}
+
+/// Connects (finding out whether Redis is one server or a cluster), then runs the
+/// subscription and the maintenance until `stop`.
+async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let (push_tx, pushes) = mpsc::channel(PUSH_QUEUE);
+    // Full: dropped, and repaired from the partition's log by the relay.
+    let push_sender = move |push: PushInfo| push_tx.try_send(push);
+    let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        let connected = async {
+            let mode = shared.target.probe().await?;
+            let commands = shared.target.connect(mode, push_sender.clone()).await?;
+            Ok::<_, BrokerError>((mode, commands))
+        };
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            outcome = connected => outcome,
+        };
+        match outcome {
+            Ok((mode, commands)) => {
+                info!(?mode, "connected to Redis");
+                let _ = shared.mode.set(mode);
+                let _ = shared.commands.set(commands);
+                break;
+            }
+            Err(error) if !warned => {
+                warn!(%error, "Redis is unreachable at start-up; retrying");
+                warned = true;
+            }
+            Err(error) => debug!(%error, "Redis is still unreachable"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    tokio::join!(
+        subscriber::run(shared.clone(), stop.clone(), pushes),
+        run_maintenance(shared.clone(), stop),
+    );
 }
 
 /// Heartbeats, sweeps and reaps, until `stop`.

@@ -12,17 +12,29 @@
 //! Subscriptions follow the sockets ([`PartitionTable`](super::partition::PartitionTable)):
 //! a partition wanted by a joining socket is subscribed, then its starting point is read (the
 //! partition's newest id), and only then may the socket take its snapshot.
+//!
+//! On one server the node keeps a pub/sub connection of its own (`SUBSCRIBE`). On a Redis
+//! Cluster it subscribes with `SSUBSCRIBE` through the cluster client, which sends each to the
+//! node serving the channel's slot and subscribes again after a failover; the messages come
+//! back as pushes. A slot that moves away is unsubscribed by the server (`sunsubscribe`), and
+//! the relay subscribes again at its new owner; after either, it catches the partition up from
+//! its log. Every [`AUDIT_PERIOD`] it also compares each partition's newest id with the last it
+//! delivered, so a frame missed without any sign (the last one before a failover) is still
+//! delivered, a moment late.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::try_join_all;
-use redis::aio::PubSubSink;
-use redis::{self, FromRedisValue};
+use redis::aio::{PubSubSink, PubSubStream};
+use redis::cluster_async::ClusterConnection;
+use redis::{self, FromRedisValue, PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::connection::{Commands, Mode};
 use super::keys::{LEGACY_SEQ_KEY, PARTITIONS, Partition};
 use super::{COMMAND_TIMEOUT, MAX_BACKOFF, Shared};
 use crate::broker::BrokerError;
@@ -33,6 +45,8 @@ use crate::protocol::{Frame, parse_frame_header};
 const PING_PERIOD: Duration = Duration::from_secs(3);
 /// How often the subscriber looks for partitions to let go.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(1);
+/// How often every subscribed partition's newest id is compared with the last delivered.
+pub(super) const AUDIT_PERIOD: Duration = Duration::from_secs(2);
 /// The first wait before reconnecting; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Log entries read per request when catching up.
@@ -40,8 +54,13 @@ const LOG_PAGE: usize = 1000;
 /// The id step within one partition.
 const STEP: u64 = PARTITIONS as u64;
 
-/// Keeps the node subscribed until `stop`, reconnecting with capped, jittered back-off.
-pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+/// Keeps the node subscribed until `stop`, reconnecting with capped, jittered back-off. On a
+/// Redis Cluster, `pushes` brings the sharded messages the command connection receives.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    mut pushes: mpsc::Receiver<PushInfo>,
+) {
     let mut relay = Relay {
         shared: &shared,
         delivered: vec![None; usize::from(PARTITIONS)],
@@ -52,7 +71,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let outcome = tokio::select! {
             () = stop.cancelled() => return,
-            outcome = relay.subscribe_and_relay(&mut backoff) => outcome,
+            outcome = relay.subscribe_and_relay(&mut backoff, &mut pushes) => outcome,
         };
         shared.partitions.mark_unsubscribed(Partition::all());
         shared.note_subscribed(false);
@@ -97,10 +116,24 @@ struct Relay<'a> {
 impl Relay<'_> {
     /// Connects, subscribes again to what it relayed before and catches up from the logs,
     /// then relays and follows the wanted partitions until the connection fails.
-    async fn subscribe_and_relay(&mut self, backoff: &mut Duration) -> Result<(), BrokerError> {
+    async fn subscribe_and_relay(
+        &mut self,
+        backoff: &mut Duration,
+        pushes: &mut mpsc::Receiver<PushInfo>,
+    ) -> Result<(), BrokerError> {
         let shared = self.shared;
-        let pubsub = timed(shared.client.get_async_pubsub()).await?;
-        let (mut sink, mut stream) = pubsub.split();
+        let mut transport = match (shared.mode(), shared.commands()) {
+            (Some(Mode::Cluster), Some(Commands::Cluster(connection))) => Transport::Cluster {
+                connection: connection.clone(),
+                pushes,
+            },
+            (Some(Mode::Single), _) => {
+                let pubsub = timed(shared.target.first_client().get_async_pubsub()).await?;
+                let (sink, stream) = pubsub.split();
+                Transport::Single { sink, stream }
+            }
+            _ => return Err(BrokerError::Starting),
+        };
         if !self.connected_once {
             // Ids given out by the one-channel layout (before partitions) stay below every
             // new one: they are the floor of every partition.
@@ -115,7 +148,7 @@ impl Relay<'_> {
         if !tracked.is_empty() {
             // Subscribed first, then read Redis: whatever is published in between arrives
             // on both, and the relay drops the second copy.
-            timed(sink.subscribe(channels(shared, &tracked))).await?;
+            transport.subscribe(shared, &tracked).await?;
             for &partition in &tracked {
                 self.catch_up(partition).await?;
             }
@@ -131,47 +164,83 @@ impl Relay<'_> {
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_PERIOD, PING_PERIOD);
         let mut reconcile = tokio::time::interval(RECONCILE_PERIOD);
+        let mut audit =
+            tokio::time::interval_at(tokio::time::Instant::now() + AUDIT_PERIOD, AUDIT_PERIOD);
         loop {
             tokio::select! {
-                message = stream.next() => {
-                    let Some(message) = message else {
+                event = transport.next() => match event {
+                    Event::Message(payload) => {
+                        shared.metrics.broker_frames_received.inc();
+                        match std::str::from_utf8(&payload) {
+                            Ok(text) => self.relay(text).await?,
+                            Err(_) => warn!("ignoring a non-UTF-8 message on a partition channel"),
+                        }
+                    }
+                    Event::Subscribed(partition) => {
+                        // A subscription made again (after a failover): fill what fell between.
+                        if self.delivered[partition.index()].is_some() {
+                            self.catch_up(partition).await?;
+                        }
+                    }
+                    Event::Unsubscribed(partition) => {
+                        // The server let go of a channel whose slot moved: follow it.
+                        if self.delivered[partition.index()].is_some() {
+                            debug!(partition = %partition, "a partition's slot moved; subscribing at its new owner");
+                            transport.subscribe(shared, &[partition]).await?;
+                            self.catch_up(partition).await?;
+                        }
+                    }
+                    Event::Other => {}
+                    Event::Closed => {
                         warn!("Redis subscription connection closed");
                         return Ok(());
-                    };
-                    shared.metrics.broker_frames_received.inc();
-                    let payload = message.get_payload_bytes();
-                    match std::str::from_utf8(payload) {
-                        Ok(text) => self.relay(text).await?,
-                        Err(_) => warn!("ignoring a non-UTF-8 message on a partition channel"),
                     }
-                }
-                () = shared.partitions.changed.notified() => self.reconcile(&mut sink).await?,
-                _ = reconcile.tick() => self.reconcile(&mut sink).await?,
-                _ = ping.tick() => {
-                    // A subscribed connection answers PING with ["pong", ""], not "PONG".
-                    timed(sink.ping::<redis::Value>()).await?;
-                }
+                },
+                () = shared.partitions.changed.notified() => self.reconcile(&mut transport).await?,
+                _ = reconcile.tick() => self.reconcile(&mut transport).await?,
+                _ = audit.tick() => self.audit().await?,
+                _ = ping.tick() => transport.ping().await?,
             }
         }
     }
 
+    /// Catches up every subscribed partition whose newest id is past the last delivered.
+    async fn audit(&mut self) -> Result<(), BrokerError> {
+        let shared = self.shared;
+        let tracked: Vec<Partition> = Partition::all()
+            .filter(|partition| self.delivered[partition.index()].is_some())
+            .collect();
+        let newest = try_join_all(tracked.iter().map(|&partition| {
+            let key = &shared.keys[partition.index()].seq;
+            shared.query::<Option<u64>>(redis::cmd("GET").arg(key).clone())
+        }))
+        .await?;
+        for (partition, count) in tracked.into_iter().zip(newest) {
+            let newest = count.map_or(0, |count| count * STEP + partition.index() as u64);
+            if newest > self.delivered[partition.index()].unwrap_or(0) {
+                self.catch_up(partition).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Subscribes to the partitions sockets now want, taking each one's starting point, and
     /// lets go of those idle past their linger.
-    async fn reconcile(&mut self, sink: &mut PubSubSink) -> Result<(), BrokerError> {
+    async fn reconcile(&mut self, transport: &mut Transport<'_>) -> Result<(), BrokerError> {
         let shared = self.shared;
         let plan = shared.partitions.plan(tokio::time::Instant::now());
         if !plan.unsubscribe.is_empty() {
             for partition in &plan.unsubscribe {
                 self.delivered[partition.index()] = None;
             }
-            timed(sink.unsubscribe(channels(shared, &plan.unsubscribe))).await?;
+            transport.unsubscribe(shared, &plan.unsubscribe).await?;
             debug!(
                 partitions = plan.unsubscribe.len(),
                 "unsubscribed idle partitions"
             );
         }
         if !plan.subscribe.is_empty() {
-            timed(sink.subscribe(channels(shared, &plan.subscribe))).await?;
+            transport.subscribe(shared, &plan.subscribe).await?;
             // Subscribed first, then the starting point: every frame after it is either
             // received or repaired, so sockets may take their snapshots from now on.
             let newest = try_join_all(plan.subscribe.iter().map(|&partition| {
@@ -347,6 +416,127 @@ impl Relay<'_> {
         self.shared.hub.dispatch(room, &Frame::new(id, text));
         self.delivered[Partition::of_id(id).index()] = Some(id);
         self.shared.partitions.saw(id);
+    }
+}
+
+/// How the node receives its partitions' frames.
+enum Transport<'a> {
+    /// One server: a pub/sub connection of the node's own.
+    Single {
+        sink: PubSubSink,
+        stream: PubSubStream,
+    },
+    /// A Redis Cluster: sharded subscriptions through the cluster client, whose pushes arrive
+    /// on `pushes`.
+    Cluster {
+        connection: ClusterConnection,
+        pushes: &'a mut mpsc::Receiver<PushInfo>,
+    },
+}
+
+/// What the transport received.
+enum Event {
+    /// A frame, as published.
+    Message(Vec<u8>),
+    /// A partition's channel was subscribed (again).
+    Subscribed(Partition),
+    /// A partition's channel was unsubscribed (by the server, when its slot moved).
+    Unsubscribed(Partition),
+    /// Anything else (a confirmation, a pong).
+    Other,
+    /// The connection is gone.
+    Closed,
+}
+
+impl Transport<'_> {
+    async fn subscribe(
+        &mut self,
+        shared: &Shared,
+        partitions: &[Partition],
+    ) -> Result<(), BrokerError> {
+        match self {
+            Self::Single { sink, .. } => timed(sink.subscribe(channels(shared, partitions))).await,
+            // One command per channel: each goes to the node serving its slot.
+            Self::Cluster { connection, .. } => try_join_all(
+                channels(shared, partitions)
+                    .into_iter()
+                    .map(|channel| {
+                        let mut connection = connection.clone();
+                        async move { timed(connection.ssubscribe(channel)).await }
+                    }),
+            )
+            .await
+            .map(drop),
+        }
+    }
+
+    async fn unsubscribe(
+        &mut self,
+        shared: &Shared,
+        partitions: &[Partition],
+    ) -> Result<(), BrokerError> {
+        match self {
+            Self::Single { sink, .. } => {
+                timed(sink.unsubscribe(channels(shared, partitions))).await
+            }
+            Self::Cluster { connection, .. } => try_join_all(
+                channels(shared, partitions)
+                    .into_iter()
+                    .map(|channel| {
+                        let mut connection = connection.clone();
+                        async move { timed(connection.sunsubscribe(channel)).await }
+                    }),
+            )
+            .await
+            .map(drop),
+        }
+    }
+
+    async fn next(&mut self) -> Event {
+        match self {
+            Self::Single { stream, .. } => match stream.next().await {
+                Some(message) => Event::Message(message.get_payload_bytes().to_vec()),
+                None => Event::Closed,
+            },
+            Self::Cluster { pushes, .. } => match pushes.recv().await {
+                Some(push) => Event::from_push(push),
+                None => Event::Closed,
+            },
+        }
+    }
+
+    /// Makes sure a silent connection is still alive. The cluster client watches its own
+    /// connections (and the audit sends commands to every subscribed partition's node).
+    async fn ping(&mut self) -> Result<(), BrokerError> {
+        match self {
+            // A subscribed connection answers PING with ["pong", ""], not "PONG".
+            Self::Single { sink, .. } => timed(sink.ping::<Value>()).await.map(drop),
+            Self::Cluster { .. } => Ok(()),
+        }
+    }
+}
+
+impl Event {
+    fn from_push(push: PushInfo) -> Self {
+        let channel_partition = |data: &[Value]| match data.first() {
+            Some(Value::BulkString(channel)) => std::str::from_utf8(channel)
+                .ok()
+                .and_then(Partition::of_key),
+            _ => None,
+        };
+        match push.kind {
+            PushKind::SMessage | PushKind::Message => match push.data.into_iter().nth(1) {
+                Some(Value::BulkString(payload)) => Self::Message(payload),
+                _ => Self::Other,
+            },
+            PushKind::SSubscribe => {
+                channel_partition(&push.data).map_or(Self::Other, Self::Subscribed)
+            }
+            PushKind::SUnsubscribe => {
+                channel_partition(&push.data).map_or(Self::Other, Self::Unsubscribed)
+            }
+            _ => Self::Other,
+        }
     }
 }
 
