@@ -134,12 +134,10 @@ impl Target {
                     .min_retry_wait(50)
                     .max_retry_wait(1_000)
                     .build()?;
-                let connection = tokio::time::timeout(
-                    COMMAND_TIMEOUT * 2,
-                    client.get_async_connection(),
-                )
-                .await
-                .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT * 2))??;
+                let connection =
+                    tokio::time::timeout(COMMAND_TIMEOUT * 2, client.get_async_connection())
+                        .await
+                        .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT * 2))??;
                 Ok(Commands::Cluster(connection))
             }
         }

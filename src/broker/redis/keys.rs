@@ -229,7 +229,11 @@ mod tests {
         for partition in Partition::all() {
             assert_eq!(Partition::of_key(&partition.channel()), Some(partition));
         }
-        assert_eq!(Partition::of_key("confab:{p3.0}:events"), None, "a tag of another layout");
+        assert_eq!(
+            Partition::of_key("confab:{p3.0}:events"),
+            None,
+            "a tag of another layout"
+        );
         assert_eq!(Partition::of_key(registry::NODES), None);
         assert_eq!(Partition::of_key("confab:events"), None);
     }

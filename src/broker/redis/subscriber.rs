@@ -457,16 +457,14 @@ impl Transport<'_> {
         match self {
             Self::Single { sink, .. } => timed(sink.subscribe(channels(shared, partitions))).await,
             // One command per channel: each goes to the node serving its slot.
-            Self::Cluster { connection, .. } => try_join_all(
-                channels(shared, partitions)
-                    .into_iter()
-                    .map(|channel| {
-                        let mut connection = connection.clone();
-                        async move { timed(connection.ssubscribe(channel)).await }
-                    }),
-            )
-            .await
-            .map(drop),
+            Self::Cluster { connection, .. } => {
+                try_join_all(channels(shared, partitions).into_iter().map(|channel| {
+                    let mut connection = connection.clone();
+                    async move { timed(connection.ssubscribe(channel)).await }
+                }))
+                .await
+                .map(drop)
+            }
         }
     }
 
@@ -479,16 +477,14 @@ impl Transport<'_> {
             Self::Single { sink, .. } => {
                 timed(sink.unsubscribe(channels(shared, partitions))).await
             }
-            Self::Cluster { connection, .. } => try_join_all(
-                channels(shared, partitions)
-                    .into_iter()
-                    .map(|channel| {
-                        let mut connection = connection.clone();
-                        async move { timed(connection.sunsubscribe(channel)).await }
-                    }),
-            )
-            .await
-            .map(drop),
+            Self::Cluster { connection, .. } => {
+                try_join_all(channels(shared, partitions).into_iter().map(|channel| {
+                    let mut connection = connection.clone();
+                    async move { timed(connection.sunsubscribe(channel)).await }
+                }))
+                .await
+                .map(drop)
+            }
         }
     }
 
