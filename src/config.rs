@@ -26,7 +26,8 @@ struct Cli {
     /// Address to listen on, HTTP and WebSocket on the same port.
     #[arg(long, env = "CONFAB_BIND", default_value = "127.0.0.1:3000")]
     bind: String,
-    /// Unset: embedded in-memory broker, one node. Set (redis://…): cluster mode.
+    /// Unset: embedded in-memory broker, one node. Set (redis://…): cluster mode, on one
+    /// Redis or a Redis Cluster (one URL of it, or comma-separated seed URLs).
     #[arg(long, env = "CONFAB_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
     /// Key that signs the user cookie, at least 32 bytes; required in cluster mode.
@@ -90,7 +91,8 @@ pub enum BrokerConfig {
     Memory,
     /// Cluster mode: the Redis at this URL (which may hold a password, hence secret).
     Redis {
-        /// `redis://…` or `rediss://…`.
+        /// `redis://…` or `rediss://…`; for a Redis Cluster, one or several seed URLs,
+        /// comma-separated.
         url: SecretString,
     },
 }
@@ -423,11 +425,20 @@ fn parse_number(raw: &str, min: u64, max: u64) -> Result<u64, String> {
     }
 }
 
-fn check_redis_url(url: &str) -> Result<(), String> {
-    // The URL may carry a password, so the problem never repeats it.
-    redis::Client::open(url)
-        .map(drop)
-        .map_err(|_| "is not a valid redis:// or rediss:// URL".to_owned())
+/// One URL, or a comma-separated list of Redis Cluster seed URLs.
+fn check_redis_url(setting: &str) -> Result<(), String> {
+    // The URLs may carry a password, so the problem never repeats them.
+    let urls: Vec<&str> = setting.split(',').map(str::trim).collect();
+    if urls.iter().any(|url| url.is_empty()) {
+        return Err("has an empty entry in its comma-separated list".to_owned());
+    }
+    for (n, url) in urls.iter().enumerate() {
+        redis::Client::open(*url).map_err(|_| match urls.len() {
+            1 => "is not a valid redis:// or rediss:// URL".to_owned(),
+            _ => format!("entry {} is not a valid redis:// or rediss:// URL", n + 1),
+        })?;
+    }
+    Ok(())
 }
 
 fn check_node_id(id: &str) -> Result<(), String> {
@@ -605,6 +616,22 @@ mod tests {
     fn redis_url_problems_never_repeat_the_password() {
         let error = config(&["--redis-url", "http://user:hunter2hunter2@host"]).unwrap_err();
         assert!(!error.to_string().contains("hunter2"), "{error}");
+        let error =
+            config(&["--redis-url", "redis://a:1,http://user:hunter2hunter2@host"]).unwrap_err();
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+        assert!(error.to_string().contains("entry 2"), "{error}");
+    }
+
+    #[test]
+    fn a_list_of_cluster_seeds_is_a_redis_url() {
+        let with_secret = |url: &str| {
+            config(&["--redis-url", url, "--secret", &"s".repeat(32)]).map(|config| config.broker)
+        };
+        assert!(matches!(
+            with_secret("redis://127.0.0.1:7001, redis://127.0.0.1:7002"),
+            Ok(BrokerConfig::Redis { .. })
+        ));
+        assert!(with_secret("redis://127.0.0.1:7001,,redis://127.0.0.1:7002").is_err());
     }
 
     #[test]

@@ -129,13 +129,14 @@ pub async fn show_health() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: `200` when this node can serve, `503` while draining or when its broker
-/// (Redis, in cluster mode) is unreachable.
+/// `GET /readyz`: `200` once this node can serve (in cluster mode: after its first Redis
+/// connection and subscription), `503` before that and while draining. A Redis outage after
+/// start keeps it `200` (see `RedisBroker`'s `is_ready`).
 pub async fn show_readiness(State(state): State<AppState>) -> Response {
     if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else if !state.broker.is_ready() {
-        (StatusCode::SERVICE_UNAVAILABLE, "broker unavailable\n").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }

@@ -9,7 +9,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::helpers::{TestSocket, chat_texts, eventually, ids, types};
-use crate::redis_server::{CLUSTER_SECRET, RedisServer, spawn_node, spawn_node_with};
+use crate::redis_server::{
+    CLUSTER_SECRET, RedisServer, RedisUnderTest, spawn_node, spawn_node_with,
+};
 use crate::startup::ConfabProcess;
 
 /// The key of the lobby partition's pending departures.
@@ -17,15 +19,32 @@ fn lobby_leaving_key() -> String {
     Partition::of(&RoomName::lobby()).leaving_key()
 }
 
+/// Runs the cluster-mode test `$name` twice: on one Redis server and on a Redis Cluster
+/// (three primaries with a replica each), as tests `$name::on_one_redis` and
+/// `$name::on_a_redis_cluster`.
+macro_rules! on_one_redis_and_a_cluster {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_one_redis() {
+                super::$name(&crate::redis_server::RedisServer::start().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_a_redis_cluster() {
+                super::$name(&crate::redis_cluster::RedisCluster::start().await).await;
+            }
+        }
+    };
+}
+
 fn strictly_increasing(ids: &[u64]) -> bool {
     ids.windows(2).all(|pair| pair[0] < pair[1])
 }
 
-#[tokio::test]
-async fn a_message_sent_on_one_node_reaches_a_socket_on_another_node() {
-    let redis = RedisServer::start().await;
-    let a = spawn_node(&redis, "node-a").await;
-    let b = spawn_node(&redis, "node-b").await;
+async fn a_message_sent_on_one_node_reaches_a_socket_on_another_node(redis: &impl RedisUnderTest) {
+    let a = spawn_node(redis, "node-a").await;
+    let b = spawn_node(redis, "node-b").await;
     let (ann, bob) = (a.sign_in("ann").await, b.sign_in("bob").await);
     let (mut ann_socket, _) = a.join(&ann, "lobby").await;
     let (mut bob_socket, bob_opening) = b.join(&bob, "lobby").await;
@@ -46,29 +65,29 @@ async fn a_message_sent_on_one_node_reaches_a_socket_on_another_node() {
     assert_eq!(on_b["user"]["name"], "ann");
     assert!(on_b["id"].as_u64() > bob_join["id"].as_u64());
 }
+on_one_redis_and_a_cluster!(a_message_sent_on_one_node_reaches_a_socket_on_another_node);
 
-#[tokio::test]
-async fn cookies_signed_on_one_node_are_valid_on_every_node() {
-    let redis = RedisServer::start().await;
-    let a = spawn_node(&redis, "node-a").await;
-    let b = spawn_node(&redis, "node-b").await;
+async fn cookies_signed_on_one_node_are_valid_on_every_node(redis: &impl RedisUnderTest) {
+    let a = spawn_node(redis, "node-a").await;
+    let b = spawn_node(redis, "node-b").await;
     let ann = a.sign_in("ann").await;
     assert_eq!(b.get_with_cookie("/", &ann.cookie).await.status(), 200);
     b.join(&ann, "lobby").await;
 }
+on_one_redis_and_a_cluster!(cookies_signed_on_one_node_are_valid_on_every_node);
 
 /// Reads chat frames from `socket` until it has `count` of them; returns every frame.
 async fn read_chats(mut socket: TestSocket, count: usize) -> Vec<Value> {
     socket.recv_chats(count).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_senders_on_three_nodes_give_every_socket_the_same_600_messages_in_order() {
-    let redis = RedisServer::start().await;
+async fn three_senders_on_three_nodes_give_every_socket_the_same_600_messages_in_order(
+    redis: &impl RedisUnderTest,
+) {
     let nodes = [
-        spawn_node(&redis, "node-a").await,
-        spawn_node(&redis, "node-b").await,
-        spawn_node(&redis, "node-c").await,
+        spawn_node(redis, "node-a").await,
+        spawn_node(redis, "node-b").await,
+        spawn_node(redis, "node-c").await,
     ];
     // Two readers on each node, then ten sender tabs per node (the rate limit allows a burst of
     // 20 per socket; 10 tabs × 20 = 200 messages per node).
@@ -139,12 +158,13 @@ async fn three_senders_on_three_nodes_give_every_socket_the_same_600_messages_in
     );
     let _ = CLUSTER_SECRET;
 }
+on_one_redis_and_a_cluster!(
+    three_senders_on_three_nodes_give_every_socket_the_same_600_messages_in_order
+);
 
-#[tokio::test]
-async fn history_and_since_work_across_nodes() {
-    let redis = RedisServer::start().await;
-    let a = spawn_node(&redis, "node-a").await;
-    let b = spawn_node(&redis, "node-b").await;
+async fn history_and_since_work_across_nodes(redis: &impl RedisUnderTest) {
+    let a = spawn_node(redis, "node-a").await;
+    let b = spawn_node(redis, "node-b").await;
     let ann = a.sign_in("ann").await;
     let (mut ann_socket, _) = a.join(&ann, "lobby").await;
     for n in 1..=3 {
@@ -170,12 +190,11 @@ async fn history_and_since_work_across_nodes() {
     assert_eq!(chat_texts(&opening.history), ["m2", "m3"]);
     assert_eq!(opening.list["id"], opening.history.last().unwrap()["id"]);
 }
+on_one_redis_and_a_cluster!(history_and_since_work_across_nodes);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_seam_holds_across_nodes_while_others_send() {
-    let redis = RedisServer::start().await;
-    let a = spawn_node_with(&redis, "node-a", |config| config.chat.history = 1000).await;
-    let b = spawn_node_with(&redis, "node-b", |config| config.chat.history = 1000).await;
+async fn the_seam_holds_across_nodes_while_others_send(redis: &impl RedisUnderTest) {
+    let a = spawn_node_with(redis, "node-a", |config| config.chat.history = 1000).await;
+    let b = spawn_node_with(redis, "node-b", |config| config.chat.history = 1000).await;
     let (observer_socket, observer_opening) = a.join(&a.sign_in("observer").await, "lobby").await;
     let mut sender_tabs = Vec::new();
     let sender = a.sign_in("sender").await;
@@ -231,12 +250,13 @@ async fn the_seam_holds_across_nodes_while_others_send() {
     }
     join_all(drains).await;
 }
+on_one_redis_and_a_cluster!(the_seam_holds_across_nodes_while_others_send);
 
-#[tokio::test]
-async fn a_user_with_tabs_on_two_nodes_is_listed_once_and_left_only_after_the_last() {
-    let redis = RedisServer::start().await;
-    let a = spawn_node(&redis, "node-a").await;
-    let b = spawn_node(&redis, "node-b").await;
+async fn a_user_with_tabs_on_two_nodes_is_listed_once_and_left_only_after_the_last(
+    redis: &impl RedisUnderTest,
+) {
+    let a = spawn_node(redis, "node-a").await;
+    let b = spawn_node(redis, "node-b").await;
     let (mut observer, _) = a.join(&a.sign_in("observer").await, "lobby").await;
     let ann = a.sign_in("ann").await;
     let (tab_a, _) = a.join(&ann, "lobby").await;
@@ -265,13 +285,16 @@ async fn a_user_with_tabs_on_two_nodes_is_listed_once_and_left_only_after_the_la
         "left is announced once"
     );
 }
+on_one_redis_and_a_cluster!(
+    a_user_with_tabs_on_two_nodes_is_listed_once_and_left_only_after_the_last
+);
 
-#[tokio::test]
-async fn a_reconnect_to_another_node_within_the_grace_announces_nothing() {
-    let redis = RedisServer::start().await;
+async fn a_reconnect_to_another_node_within_the_grace_announces_nothing(
+    redis: &impl RedisUnderTest,
+) {
     let grace = Duration::from_millis(1500);
-    let a = spawn_node_with(&redis, "node-a", |config| config.chat.leave_grace = grace).await;
-    let b = spawn_node_with(&redis, "node-b", |config| config.chat.leave_grace = grace).await;
+    let a = spawn_node_with(redis, "node-a", |config| config.chat.leave_grace = grace).await;
+    let b = spawn_node_with(redis, "node-b", |config| config.chat.leave_grace = grace).await;
     let (mut observer, _) = a.join(&a.sign_in("observer").await, "lobby").await;
     let ann = a.sign_in("ann").await;
     let (tab, _) = a.join(&ann, "lobby").await;
@@ -284,9 +307,10 @@ async fn a_reconnect_to_another_node_within_the_grace_announces_nothing() {
     observer.send("marker").await;
     assert_eq!(types(&observer.recv_until_chat("marker").await), ["chat"]);
 }
+on_one_redis_and_a_cluster!(a_reconnect_to_another_node_within_the_grace_announces_nothing);
 
 /// A node in its own process, in cluster mode.
-async fn start_node_process(redis: &RedisServer, node_id: &str) -> ConfabProcess {
+async fn start_node_process(redis: &impl RedisUnderTest, node_id: &str) -> ConfabProcess {
     let url = redis.url();
     let process = ConfabProcess::start(&[
         ("CONFAB_REDIS_URL", &url),
@@ -306,11 +330,11 @@ async fn start_node_process(redis: &RedisServer, node_id: &str) -> ConfabProcess
     process
 }
 
-#[tokio::test]
-async fn a_node_killed_with_sigkill_has_its_users_announced_left_once_within_30_seconds() {
-    let redis = RedisServer::start().await;
-    let survivor = spawn_node(&redis, "survivor").await;
-    let mut doomed = start_node_process(&redis, "doomed").await;
+async fn a_node_killed_with_sigkill_has_its_users_announced_left_once_within_30_seconds(
+    redis: &impl RedisUnderTest,
+) {
+    let survivor = spawn_node(redis, "survivor").await;
+    let mut doomed = start_node_process(redis, "doomed").await;
     let (mut observer, _) = survivor
         .join(&survivor.sign_in("observer").await, "lobby")
         .await;
@@ -345,6 +369,9 @@ async fn a_node_killed_with_sigkill_has_its_users_announced_left_once_within_30_
     );
     assert!(survivor.metric("confab_presence_reaped_total").await >= 1.0);
 }
+on_one_redis_and_a_cluster!(
+    a_node_killed_with_sigkill_has_its_users_announced_left_once_within_30_seconds
+);
 
 /// Sends `text` from `socket` until the echo arrives, tolerating `unavailable` answers while
 /// the cluster recovers; fails after `within`.
@@ -391,11 +418,15 @@ async fn redis_killed_and_restarted_empty_lets_the_same_sockets_chat_again_with_
         (error["type"].as_str(), error["code"].as_str()),
         (Some("error"), Some("unavailable"))
     );
-    eventually("readiness to turn 503", || async {
-        a.get("/readyz").await.status() == 503
+    eventually("the outage to show in confab_broker_up", || async {
+        a.metric("confab_broker_up").await == 0.0
     })
     .await;
-    assert_eq!(a.metric("confab_broker_up").await, 0.0);
+    assert_eq!(
+        a.get("/readyz").await.status(),
+        200,
+        "a Redis outage does not take the node out of the load balancer"
+    );
 
     redis.restart().await;
     let restarted = Instant::now();
@@ -426,11 +457,9 @@ async fn redis_killed_and_restarted_empty_lets_the_same_sockets_chat_again_with_
     assert_eq!(opening.names(), ["ann", "bob", "cid"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_subscription_loses_nothing_and_repeats_nothing() {
-    let redis = RedisServer::start().await;
-    let a = spawn_node(&redis, "node-a").await;
-    let b = spawn_node(&redis, "node-b").await;
+async fn a_killed_subscription_loses_nothing_and_repeats_nothing(redis: &impl RedisUnderTest) {
+    let a = spawn_node(redis, "node-a").await;
+    let b = spawn_node(redis, "node-b").await;
     let (reader, _) = b.join(&b.sign_in("reader").await, "lobby").await;
     let sender = a.sign_in("sender").await;
     let mut tabs = Vec::new();
@@ -453,7 +482,7 @@ async fn a_killed_subscription_loses_nothing_and_repeats_nothing() {
     // Cut every subscription (both nodes') a few times while the messages flow.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(60)).await;
-        let _: i64 = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+        redis.kill_subscriptions().await;
     }
     let frames = read_chats(reader, 200).await;
     let chats: Vec<&Value> = frames.iter().filter(|f| f["type"] == "chat").collect();
@@ -466,13 +495,14 @@ async fn a_killed_subscription_loses_nothing_and_repeats_nothing() {
     join_all(tasks).await;
     assert!(b.metric("confab_broker_reconnects_total").await >= 1.0);
 }
+on_one_redis_and_a_cluster!(a_killed_subscription_loses_nothing_and_repeats_nothing);
 
-#[tokio::test]
-async fn sigterm_of_one_node_moves_its_users_without_noise_while_others_keep_serving() {
-    let redis = RedisServer::start().await;
+async fn sigterm_of_one_node_moves_its_users_without_noise_while_others_keep_serving(
+    redis: &impl RedisUnderTest,
+) {
     let grace = Duration::from_secs(2);
-    let a = spawn_node_with(&redis, "node-a", |config| config.chat.leave_grace = grace).await;
-    let b = spawn_node_with(&redis, "node-b", |config| config.chat.leave_grace = grace).await;
+    let a = spawn_node_with(redis, "node-a", |config| config.chat.leave_grace = grace).await;
+    let b = spawn_node_with(redis, "node-b", |config| config.chat.leave_grace = grace).await;
     let (mut observer, _) = a.join(&a.sign_in("observer").await, "lobby").await;
     let ann = b.sign_in("ann").await;
     let (mut ann_socket, _) = b.join(&ann, "lobby").await;
@@ -512,11 +542,12 @@ async fn sigterm_of_one_node_moves_its_users_without_noise_while_others_keep_ser
     let frames = observer.recv_until_chat("marker").await;
     assert_eq!(types(&frames), ["chat"], "no left/join noise");
 }
+on_one_redis_and_a_cluster!(
+    sigterm_of_one_node_moves_its_users_without_noise_while_others_keep_serving
+);
 
-#[tokio::test]
-async fn a_quiet_node_keeps_its_subscription_and_stays_ready() {
-    let redis = RedisServer::start().await;
-    let a = spawn_node(&redis, "node-a").await;
+async fn a_quiet_node_keeps_its_subscription_and_stays_ready(redis: &impl RedisUnderTest) {
+    let a = spawn_node(redis, "node-a").await;
     // Several ping periods of the subscription connection, with nothing else going on.
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
@@ -529,6 +560,7 @@ async fn a_quiet_node_keeps_its_subscription_and_stays_ready() {
     }
     assert_eq!(a.metric("confab_broker_reconnects_total").await, 0.0);
 }
+on_one_redis_and_a_cluster!(a_quiet_node_keeps_its_subscription_and_stays_ready);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_within_the_grace_when_redis_restarts_empty_still_gets_left() {
@@ -562,17 +594,16 @@ async fn a_user_within_the_grace_when_redis_restarts_empty_still_gets_left() {
     assert_eq!(b.metric("confab_broker_frames_lost_total").await, 0.0);
 }
 
-#[tokio::test]
-async fn two_live_processes_with_one_node_id_are_reported() {
-    let redis = RedisServer::start().await;
-    let first = start_node_process(&redis, "twin").await;
-    let second = start_node_process(&redis, "twin").await;
+async fn two_live_processes_with_one_node_id_are_reported(redis: &impl RedisUnderTest) {
+    let first = start_node_process(redis, "twin").await;
+    let second = start_node_process(redis, "twin").await;
     eventually("the conflict to be logged", || async {
         let logs = first.output() + &second.output();
         std::future::ready(logs.contains("another live process uses this CONFAB_NODE_ID")).await
     })
     .await;
 }
+on_one_redis_and_a_cluster!(two_live_processes_with_one_node_id_are_reported);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_departure_due_during_a_long_outage_is_still_announced_after_redis_restarts_empty() {

@@ -166,10 +166,12 @@ impl TestApp {
         TestSocket { ws }
     }
 
-    /// Waits until `/readyz` answers 200 (in cluster mode: subscribed and talking to Redis).
+    /// Waits until `/readyz` answers 200 and `confab_broker_up` is 1 (in cluster mode: talking
+    /// to Redis and holding its presence there, after a start or an outage).
     pub async fn wait_ready(&self) {
-        eventually("the node to be ready", || async {
+        eventually("the node to be ready and its broker up", || async {
             self.get("/readyz").await.status() == 200
+                && self.metric("confab_broker_up").await == 1.0
         })
         .await;
     }

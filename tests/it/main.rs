@@ -12,6 +12,7 @@ mod limits;
 mod pages;
 mod partitions;
 mod presence;
+mod redis_cluster;
 mod redis_server;
 mod security;
 mod soak;

@@ -6,6 +6,7 @@ use confab::broker::redis::keys::{LEGACY_SEQ_KEY, PARTITIONS, Partition};
 use confab::protocol::RoomName;
 
 use crate::helpers::{chat_texts, eventually, ids};
+use crate::redis_cluster::RedisCluster;
 use crate::redis_server::{RedisServer, spawn_node};
 
 /// `count` room names, each in a partition of its own (none of them the lobby's).
@@ -199,4 +200,27 @@ async fn publishes_take_one_script_call_each_on_one_connection() {
     assert!(calls("ping") <= 2, "no ping per checkout:\n{stats}");
     assert_eq!(calls("unwatch"), 0, "no unwatch per checkout:\n{stats}");
     assert!(calls("evalsha") >= 10, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_crosses_nodes_on_a_redis_cluster_with_each_primary_publishing_its_partitions() {
+    let redis = RedisCluster::start().await;
+    let a = spawn_node(&redis, "node-a").await;
+    let b = spawn_node(&redis, "node-b").await;
+    let rooms = rooms_in_distinct_partitions(6);
+    let mut pairs = Vec::new();
+    for room in &rooms {
+        let (ann_socket, _) = a.join(&a.sign_in("ann").await, room).await;
+        let (bob_socket, opening) = b.join(&b.sign_in("bob").await, room).await;
+        assert_eq!(opening.names(), ["ann", "bob"], "presence in {room}");
+        pairs.push((ann_socket, bob_socket));
+    }
+    for (room, (ann_socket, bob_socket)) in rooms.iter().zip(&mut pairs) {
+        ann_socket.recv().await;
+        ann_socket.send(&format!("hello {room}")).await;
+        let on_b = bob_socket.recv_until_chat(&format!("hello {room}")).await;
+        let on_a = ann_socket.recv_until_chat(&format!("hello {room}")).await;
+        assert_eq!(on_a.last(), on_b.last(), "the same frame on both nodes");
+    }
+    assert_eq!(a.metric("confab_broker_partitions_subscribed").await, 6.0);
 }

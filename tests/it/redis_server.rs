@@ -256,14 +256,48 @@ impl Drop for RedisServer {
 /// The secret every node of a test cluster shares.
 pub const CLUSTER_SECRET: &str = "cluster-secret-shared-by-every-node-of-the-test";
 
+/// What nodes are pointed at: one Redis server or a Redis Cluster. A cluster-mode test
+/// written against this runs on both (`on_one_redis_and_a_cluster!` in `cluster.rs`).
+pub trait RedisUnderTest {
+    /// `CONFAB_REDIS_URL` for it.
+    fn url(&self) -> String;
+
+    /// Cuts every subscribed connection (`CLIENT KILL TYPE pubsub` on every server).
+    fn kill_subscriptions(&self) -> impl Future<Output = ()>;
+}
+
+impl RedisUnderTest for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+
+    async fn kill_subscriptions(&self) {
+        let _: i64 = self.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    }
+}
+
+impl RedisUnderTest for crate::redis_cluster::RedisCluster {
+    fn url(&self) -> String {
+        crate::redis_cluster::RedisCluster::url(self)
+    }
+
+    async fn kill_subscriptions(&self) {
+        for port in self.ports() {
+            let _: i64 = self
+                .command_on(port, &["CLIENT", "KILL", "TYPE", "pubsub"])
+                .await;
+        }
+    }
+}
+
 /// Starts an in-process node on `redis`, named `node_id`, and waits until it is ready.
-pub async fn spawn_node(redis: &RedisServer, node_id: &str) -> TestApp {
+pub async fn spawn_node(redis: &impl RedisUnderTest, node_id: &str) -> TestApp {
     spawn_node_with(redis, node_id, |_| {}).await
 }
 
 /// As [`spawn_node`], with the configuration changed by `configure`.
 pub async fn spawn_node_with(
-    redis: &RedisServer,
+    redis: &impl RedisUnderTest,
     node_id: &str,
     configure: impl FnOnce(&mut confab::Config),
 ) -> TestApp {

@@ -121,6 +121,9 @@ struct Shared {
     commands_ok: AtomicBool,
     /// What `broker_up` and the logs last said, to log changes rather than every retry.
     reported_up: AtomicBool,
+    /// The node has been up once (connected, subscribed, presence registered): from then on
+    /// it is ready, through Redis outages too (see [`Broker::is_ready`]).
+    started: AtomicBool,
     local: Mutex<LocalPresence>,
     /// Redis may not match `local`: re-synchronise at the next chance.
     resync_needed: AtomicBool,
@@ -191,6 +194,7 @@ impl RedisBroker {
             heartbeats: AtomicU64::new(0),
             commands_ok: AtomicBool::new(false),
             reported_up: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             local: Mutex::new(LocalPresence::default()),
             resync_needed: AtomicBool::new(true),
             resync_everywhere: AtomicBool::new(true),
@@ -314,8 +318,12 @@ impl Broker for RedisBroker {
         }
     }
 
+    /// Ready once the node first connected, subscribed and registered its presence. A Redis
+    /// outage after that does not make it unready: every node shares the Redis, and taking
+    /// them all out of the load balancer at once would turn "no new joins" into "no pages, no
+    /// reconnects". The outage shows in `confab_broker_up` and the logs.
     fn is_ready(&self) -> bool {
-        self.shared.is_up()
+        self.shared.started.load(Ordering::Acquire)
     }
 
     async fn shutdown(&self) {
@@ -427,6 +435,9 @@ impl Shared {
     /// Updates `confab_broker_up` and logs when it changes.
     fn report_up(&self) {
         let up = self.is_up();
+        if up {
+            self.started.store(true, Ordering::Release);
+        }
         if self.reported_up.swap(up, Ordering::AcqRel) != up {
             self.metrics.broker_up.set(i64::from(up));
             let reachable =

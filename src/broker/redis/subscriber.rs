@@ -190,6 +190,10 @@ impl Relay<'_> {
                             self.catch_up(partition).await?;
                         }
                     }
+                    Event::Disconnected => {
+                        shared.metrics.broker_reconnects.inc();
+                        debug!("a connection of the Redis Cluster client closed; it reconnects");
+                    }
                     Event::Other => {}
                     Event::Closed => {
                         warn!("Redis subscription connection closed");
@@ -442,6 +446,9 @@ enum Event {
     Subscribed(Partition),
     /// A partition's channel was unsubscribed (by the server, when its slot moved).
     Unsubscribed(Partition),
+    /// A connection of the cluster client closed; it reconnects and subscribes again by
+    /// itself (each partition then comes back as [`Event::Subscribed`]).
+    Disconnected,
     /// Anything else (a confirmation, a pong).
     Other,
     /// The connection is gone.
@@ -531,6 +538,7 @@ impl Event {
             PushKind::SUnsubscribe => {
                 channel_partition(&push.data).map_or(Self::Other, Self::Unsubscribed)
             }
+            PushKind::Disconnection => Self::Disconnected,
             _ => Self::Other,
         }
     }
