@@ -6,6 +6,7 @@
 
 mod cluster;
 mod drain;
+mod failover;
 mod heartbeat;
 mod helpers;
 mod limits;
