@@ -446,11 +446,11 @@ async fn redis_killed_and_restarted_empty_lets_the_same_sockets_chat_again_with_
         !chat_texts(&on_b).contains(&"during"),
         "the refused message reached nobody"
     );
-    eventually("the nodes to be ready again", || async {
-        b.get("/readyz").await.status() == 200
+    eventually("the broker to be up again on node b", || async {
+        b.metric("confab_broker_up").await == 1.0
     })
     .await;
-    assert_eq!(b.metric("confab_broker_up").await, 1.0);
+    assert_eq!(b.get("/readyz").await.status(), 200);
 
     // Presence was re-registered: a newcomer sees both users.
     let (_, opening) = b.join(&b.sign_in("cid").await, "lobby").await;

@@ -110,7 +110,7 @@ impl Partition {
         format!("{}seq_start", self.prefix())
     }
 
-    /// The stream of the partition's newest frames, for gap repair, keyed `<id>-0`.
+    /// The list of the partition's newest frames, oldest first, for gap repair.
     pub fn log_key(self) -> String {
         format!("{}log", self.prefix())
     }

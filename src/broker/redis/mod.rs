@@ -41,7 +41,7 @@ use self::connection::{Commands, Mode, Target};
 use self::keys::{Partition, registry};
 pub use self::partition::LINGER;
 use self::partition::PartitionTable;
-use self::scripts::{Common, JoinReply, PartitionKeys, Scripts};
+use self::scripts::{Common, JoinReply, PartitionKeys, ScriptSettings, Scripts};
 use super::{Broker, BrokerError, Snapshot};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -104,7 +104,8 @@ struct Shared {
     /// Every command and script, multiplexed on one connection that reconnects by itself;
     /// set once Redis first answered.
     commands: OnceLock<Commands>,
-    scripts: Scripts,
+    /// The scripts, with this node's settings written in; set once the mode is known.
+    scripts: OnceLock<Scripts>,
     /// Each partition's keys, by partition number.
     keys: Vec<PartitionKeys>,
     /// The partitions this node's sockets are in, and the ids seen in each.
@@ -183,7 +184,7 @@ impl RedisBroker {
             target,
             mode: OnceLock::new(),
             commands: OnceLock::new(),
-            scripts: Scripts::new(),
+            scripts: OnceLock::new(),
             keys: PartitionKeys::all(),
             partitions: PartitionTable::new(),
             hub,
@@ -232,7 +233,7 @@ impl Broker for RedisBroker {
         let partition = Partition::of(room);
         let body = event_body(EventKind::Chat, room, user.json(), text, now_ms());
         let shared = &self.shared;
-        let mut call = shared.common(partition).invoke(&shared.scripts.publish);
+        let mut call = shared.common(partition).invoke(&shared.scripts()?.publish);
         call.key(partition.history_key(room)).arg(body);
         let id: u64 = shared.run(call).await?;
         shared.partitions.saw(id);
@@ -261,7 +262,7 @@ impl Broker for RedisBroker {
         shared.local().add(room, user);
         let mut call = shared
             .common(partition)
-            .invoke_presence(&shared.scripts.join);
+            .invoke_presence(&shared.scripts()?.join);
         call.arg(&shared.node_id)
             .arg(room.as_str())
             .arg(user.id())
@@ -297,11 +298,15 @@ impl Broker for RedisBroker {
         let partition = Partition::of(room);
         shared.local().remove(room, user);
         shared.partitions.release(partition);
-        let mut call = shared
-            .common(partition)
-            .invoke_presence(&shared.scripts.leave);
-        call.arg(&shared.node_id).arg(room.as_str()).arg(user.id());
-        match shared.run::<i64>(call).await {
+        let outcome = match shared.scripts() {
+            Ok(scripts) => {
+                let mut call = shared.common(partition).invoke_presence(&scripts.leave);
+                call.arg(&shared.node_id).arg(room.as_str()).arg(user.id());
+                shared.run::<i64>(call).await
+            }
+            Err(error) => Err(error),
+        };
+        match outcome {
             Ok(LEFT_PENDING) => {
                 shared
                     .local()
@@ -349,12 +354,12 @@ impl Shared {
         Common {
             keys: &self.keys[partition.index()],
             floor: self.partitions.floor(partition),
-            publish_command: self.mode().unwrap_or(Mode::Single).publish_command(),
-            history_len: self.history_len,
-            log_len: LOG_LEN,
-            retention_ms: HISTORY_RETENTION.as_millis() as u64,
-            grace_ms: self.leave_grace.as_millis() as u64,
         }
+    }
+
+    /// The scripts, once the mode (and so the publish command) is known.
+    fn scripts(&self) -> Result<&Scripts, BrokerError> {
+        self.scripts.get().ok_or(BrokerError::Starting)
     }
 
     /// One server or a cluster, once known.
@@ -463,7 +468,7 @@ impl Shared {
     /// Renews the liveness key, and re-synchronises when Redis lost this node's state.
     async fn heartbeat(&self) -> Result<(), BrokerError> {
         let fresh_epoch = format!("{:032x}", rand::random::<u128>());
-        let mut call = scripts::heartbeat(&self.scripts, &self.node_id);
+        let mut call = scripts::heartbeat(self.scripts()?, &self.node_id);
         call.arg(&self.session)
             .arg(NODE_TTL.as_millis() as u64)
             .arg(&fresh_epoch);
@@ -513,6 +518,7 @@ impl Shared {
     /// Replaces what Redis holds for this node with what it really has, partition by
     /// partition.
     async fn resync(&self) -> Result<(), BrokerError> {
+        let scripts = self.scripts()?;
         let announce = self.announce_returns.load(Ordering::Acquire);
         let everywhere = self.resync_everywhere.load(Ordering::Acquire);
         let (version, touched, entries) = {
@@ -560,7 +566,7 @@ impl Shared {
                 || by_partition.contains_key(partition)
         });
         try_join_all(scope.map(|partition| {
-            let mut call = self.common(partition).invoke_presence(&self.scripts.resync);
+            let mut call = self.common(partition).invoke_presence(&scripts.resync);
             call.arg(&self.node_id)
                 .arg(if announce { "1" } else { "0" });
             for (room, entry) in by_partition.get(&partition).into_iter().flatten() {
@@ -593,8 +599,9 @@ impl Shared {
 
     /// Announces the `left`s whose grace has passed in `partitions`.
     async fn sweep(&self, partitions: &[Partition]) -> Result<(), BrokerError> {
+        let scripts = self.scripts()?;
         try_join_all(partitions.iter().map(|&partition| {
-            let mut call = self.common(partition).invoke_presence(&self.scripts.sweep);
+            let mut call = self.common(partition).invoke_presence(&scripts.sweep);
             call.arg(SWEEP_BATCH);
             async move { self.run::<i64>(call).await }
         }))
@@ -610,10 +617,11 @@ impl Shared {
         grace: Duration,
         partitions: impl Iterator<Item = Partition>,
     ) -> Result<i64, BrokerError> {
+        let scripts = self.scripts()?;
         let released = try_join_all(partitions.map(|partition| {
             let mut call = self
                 .common(partition)
-                .invoke_presence(&self.scripts.release_node);
+                .invoke_presence(&scripts.release_node);
             call.arg(node).arg(grace.as_millis() as u64);
             async move { self.run::<i64>(call).await }
         }))
@@ -625,7 +633,7 @@ impl Shared {
     /// [`NODE_TTL`], which counts against their leave grace.
     async fn reap(&self) -> Result<(), BrokerError> {
         let remaining_grace = self.leave_grace.saturating_sub(NODE_TTL);
-        let mut call = scripts::reap(&self.scripts, &self.node_id);
+        let mut call = scripts::reap(self.scripts()?, &self.node_id);
         call.arg(REAPED_MARKER_TTL.as_millis() as u64);
         let dead: Vec<String> = self.run(call).await?;
         for node in dead {
@@ -791,6 +799,13 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         match outcome {
             Ok((mode, commands)) => {
                 info!(?mode, "connected to Redis");
+                let _ = shared.scripts.set(Scripts::new(&ScriptSettings {
+                    history_len: shared.history_len,
+                    log_len: LOG_LEN,
+                    retention: HISTORY_RETENTION,
+                    grace: shared.leave_grace,
+                    publish_command: mode.publish_command(),
+                }));
                 let _ = shared.mode.set(mode);
                 let _ = shared.commands.set(commands);
                 break;

@@ -6,6 +6,13 @@
 //! touches carries the partition's hash tag. The registry scripts (`heartbeat`, `reap`) run
 //! on the `{nodes}` slot. `redis::Script` calls them with `EVALSHA` and loads them on
 //! `NOSCRIPT`, so a Redis that restarted empty (or a new cluster primary) needs no special care.
+//!
+//! What is the same for every call — the node's settings, the publish command — is written
+//! into the scripts' text when the broker starts ([`ScriptSettings`]), so a call carries only
+//! what changes and the script parses no more than it must: a chat costs one `EVALSHA` of
+//! eight arguments.
+
+use std::time::Duration;
 
 use redis::{FromRedisValue, Script, ScriptInvocation};
 use serde_json::value::RawValue;
@@ -28,11 +35,39 @@ pub(super) struct Scripts {
     pub(super) reap: Script,
 }
 
+/// The settings written into the scripts' text.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ScriptSettings {
+    /// `CONFAB_HISTORY`.
+    pub(super) history_len: usize,
+    /// Frames kept in each partition's log.
+    pub(super) log_len: usize,
+    /// How long an idle room keeps its history.
+    pub(super) retention: Duration,
+    /// `CONFAB_LEAVE_GRACE_MS`.
+    pub(super) grace: Duration,
+    /// `PUBLISH` on one Redis, `SPUBLISH` on a Redis Cluster.
+    pub(super) publish_command: &'static str,
+}
+
+impl ScriptSettings {
+    /// `template` with its `{{setting}}` placeholders filled in.
+    fn fill(&self, template: &str) -> String {
+        template
+            .replace("{{history_len}}", &self.history_len.to_string())
+            .replace("{{log_len}}", &self.log_len.to_string())
+            .replace("{{retention_ms}}", &self.retention.as_millis().to_string())
+            .replace("{{grace_ms}}", &self.grace.as_millis().to_string())
+            .replace("{{publish}}", self.publish_command)
+    }
+}
+
 impl Scripts {
-    /// Puts each script together from its parts.
-    pub(super) fn new() -> Self {
-        let emitting = |body: &str| Script::new(&format!("{EMIT}\n{body}"));
-        let presence = |body: &str| Script::new(&format!("{EMIT}\n{PRESENCE}\n{body}"));
+    /// Puts each script together from its parts, with `settings` written in.
+    pub(super) fn new(settings: &ScriptSettings) -> Self {
+        let emitting = |body: &str| Script::new(&settings.fill(&format!("{EMIT}\n{body}")));
+        let presence =
+            |body: &str| Script::new(&settings.fill(&format!("{EMIT}\n{PRESENCE}\n{body}")));
         Self {
             publish: emitting(include_str!("lua/publish.lua")),
             join: presence(include_str!("lua/join.lua")),
@@ -75,8 +110,8 @@ impl PartitionKeys {
     }
 }
 
-/// What every partition script takes first (`KEYS[1..3]`, `ARGV[1..11]` in `emit.lua` and
-/// `presence.lua`).
+/// What every partition script takes first (`KEYS[1..3]`, `ARGV[1..5]` in `emit.lua`;
+/// `KEYS[4]`, `ARGV[6]` in `presence.lua`).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Common<'a> {
     /// The partition's keys.
@@ -84,21 +119,11 @@ pub(super) struct Common<'a> {
     /// The highest id this node has seen in the partition: no new id is given out at or
     /// below it.
     pub(super) floor: u64,
-    /// `PUBLISH` on one Redis, `SPUBLISH` on a Redis Cluster.
-    pub(super) publish_command: &'static str,
-    /// `CONFAB_HISTORY`.
-    pub(super) history_len: usize,
-    /// Frames kept in each partition's log.
-    pub(super) log_len: usize,
-    /// How long an idle room keeps its history, in ms.
-    pub(super) retention_ms: u64,
-    /// `CONFAB_LEAVE_GRACE_MS`.
-    pub(super) grace_ms: u64,
 }
 
 impl Common<'_> {
     /// Starts a call of a partition `script` with the common keys and arguments, stamped
-    /// with this node's clock. `extra_keys` follow `KEYS[1..3]`.
+    /// with this node's clock.
     pub(super) fn invoke<'s>(&self, script: &'s Script) -> ScriptInvocation<'s> {
         let keys = self.keys;
         let mut invocation = script.prepare_invoke();
@@ -110,21 +135,15 @@ impl Common<'_> {
             .arg(now_us())
             .arg(now_ms())
             .arg(keys.partition.index())
-            .arg(&keys.channel)
-            .arg(self.publish_command)
-            .arg(self.history_len)
-            .arg(self.log_len)
-            .arg(self.retention_ms)
-            .arg(self.grace_ms)
-            .arg(&keys.prefix);
+            .arg(&keys.channel);
         invocation
     }
 
     /// Like [`Common::invoke`], for a presence script: `KEYS[4]` is the partition's
-    /// departures.
+    /// departures, `ARGV[6]` its key prefix.
     pub(super) fn invoke_presence<'s>(&self, script: &'s Script) -> ScriptInvocation<'s> {
         let mut invocation = self.invoke(script);
-        invocation.key(&self.keys.leaving);
+        invocation.key(&self.keys.leaving).arg(&self.keys.prefix);
         invocation
     }
 }

@@ -2,7 +2,7 @@
 //! are in, and the repair that makes it lossless.
 //!
 //! Redis pub/sub is at-most-once: a subscriber whose connection drops misses what was published
-//! meanwhile. But every frame also goes into its partition's log stream under its id, and ids
+//! meanwhile. But every frame also goes into its partition's log (a list, oldest first), and ids
 //! within a partition are consecutive steps of [`PARTITIONS`]. So the relay knows the next id
 //! it should see in each partition; a frame further ahead means a gap, which it fills from
 //! that partition's log before handing the newer frame on. After a reconnect it first reads,
@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use futures_util::future::try_join_all;
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::cluster_async::ClusterConnection;
-use redis::{self, FromRedisValue, PushInfo, PushKind, Value};
+use redis::{self, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -38,7 +38,7 @@ use super::connection::{Commands, Mode};
 use super::keys::{LEGACY_SEQ_KEY, PARTITIONS, Partition};
 use super::{COMMAND_TIMEOUT, MAX_BACKOFF, Shared};
 use crate::broker::BrokerError;
-use crate::protocol::{Frame, parse_frame_header};
+use crate::protocol::{Frame, frame_id, parse_frame_header};
 
 /// How often the subscription connection is pinged, so a silently dead one is noticed, and
 /// lingering partitions are let go.
@@ -50,7 +50,7 @@ pub(super) const AUDIT_PERIOD: Duration = Duration::from_secs(2);
 /// The first wait before reconnecting; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Log entries read per request when catching up.
-const LOG_PAGE: usize = 1000;
+const LOG_PAGE: i64 = 256;
 /// The id step within one partition.
 const STEP: u64 = PARTITIONS as u64;
 
@@ -373,41 +373,57 @@ impl Relay<'_> {
 
     /// Delivers the partition log's frames after the last delivered id and up to `last` (or
     /// all). Returns how many, and the id of the first.
+    ///
+    /// The log is a list, oldest first: it is read in pages from its newest end back to the
+    /// last delivered id (a gap is rare and short, so this reads little), then delivered
+    /// oldest first. Frames appended meanwhile shift the pages; ids already delivered are
+    /// skipped, so a frame read twice is delivered once.
     async fn read_log(
         &mut self,
         partition: Partition,
         last: Option<u64>,
     ) -> Result<(u64, Option<u64>), BrokerError> {
-        let mut recovered = 0;
-        let mut first = None;
-        let mut cursor = self.delivered[partition.index()].unwrap_or(0);
+        let after = self.delivered[partition.index()].unwrap_or(0);
         let log = &self.shared.keys[partition.index()].log;
+        let mut newest_first: Vec<(u64, String)> = Vec::new();
+        let mut end: i64 = -1;
         loop {
-            let end = last.map_or_else(|| "+".to_owned(), |last| format!("{last}-0"));
-            let mut command = redis::cmd("XRANGE");
-            command
-                .arg(log)
-                .arg(format!("{}-0", cursor + 1))
-                .arg(end)
-                .arg("COUNT")
-                .arg(LOG_PAGE);
-            let entries: Vec<LogEntry> = self.shared.query(command).await?;
-            let page = entries.len();
-            for entry in entries {
-                cursor = cursor.max(entry.id);
-                let delivered = self.delivered[partition.index()].unwrap_or(0);
-                if let Ok(header) = parse_frame_header(&entry.frame)
-                    && header.id > delivered
-                {
-                    first.get_or_insert(header.id);
-                    let room = header.room.to_owned();
-                    self.deliver(header.id, &room, entry.frame);
-                    recovered += 1;
+            let start = end - LOG_PAGE + 1;
+            let page: Vec<String> = self
+                .shared
+                .query(redis::cmd("LRANGE").arg(log).arg(start).arg(end).clone())
+                .await?;
+            let full = page.len() as i64 == LOG_PAGE;
+            let mut reached = false;
+            for text in page.into_iter().rev() {
+                match frame_id(&text) {
+                    Some(id) if id <= after => {
+                        reached = true;
+                        break;
+                    }
+                    Some(id) => newest_first.push((id, text)),
+                    None => {}
                 }
             }
-            if page < LOG_PAGE {
+            if reached || !full {
                 break;
             }
+            end = start - 1;
+        }
+        let mut recovered = 0;
+        let mut first = None;
+        for (id, text) in newest_first.into_iter().rev() {
+            let delivered = self.delivered[partition.index()].unwrap_or(0);
+            if id <= delivered || last.is_some_and(|last| id > last) {
+                continue;
+            }
+            let Ok(header) = parse_frame_header(&text) else {
+                continue;
+            };
+            first.get_or_insert(id);
+            let room = header.room.to_owned();
+            self.deliver(id, &room, text);
+            recovered += 1;
         }
         self.shared
             .metrics
@@ -550,26 +566,4 @@ fn channels<'a>(shared: &'a Shared, partitions: &[Partition]) -> Vec<&'a str> {
         .iter()
         .map(|partition| shared.keys[partition.index()].channel.as_str())
         .collect()
-}
-
-/// One entry of a partition's log: `<id>-0` with the field `f` holding the frame.
-struct LogEntry {
-    id: u64,
-    frame: String,
-}
-
-impl FromRedisValue for LogEntry {
-    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
-        let (id, fields): (String, Vec<String>) = FromRedisValue::from_redis_value(value)?;
-        let id = id
-            .split('-')
-            .next()
-            .and_then(|id| id.parse().ok())
-            .ok_or_else(|| redis::ParsingError::from("a log entry id is not <id>-0"))?;
-        let frame = fields
-            .into_iter()
-            .nth(1)
-            .ok_or_else(|| redis::ParsingError::from("a log entry has no frame"))?;
-        Ok(Self { id, frame })
-    }
 }

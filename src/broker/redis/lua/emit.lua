@@ -5,19 +5,22 @@
 -- partition's log and its room's history, and is published, with nothing in between: that
 -- is why each partition's channel carries its frames in id order.
 --
--- KEYS[1..3] and ARGV[1..11] are the same for every such script; the script's own follow.
+-- The settings are written into the script's text when the node starts (`scripts.rs`), so a
+-- call passes only what changes: KEYS[1..3] and ARGV[1..5] are the same for every script that
+-- makes frames; the script's own follow.
 local SEQ, SEQ_START, LOG = KEYS[1], KEYS[2], KEYS[3]
 
-local floor = tonumber(ARGV[1])        -- the highest counter value the calling node has seen
-local now_us = tonumber(ARGV[2])       -- the caller's clock, microseconds since the epoch
-local now_ms = tonumber(ARGV[3])       -- the same, in milliseconds (the frames' ts)
-local partition = tonumber(ARGV[4])    -- this partition's number, folded into every id
-local CHANNEL = ARGV[5]                -- the partition's channel
-local PUBLISH = ARGV[6]                -- PUBLISH on one Redis, SPUBLISH on a Redis Cluster
-local history_len = tonumber(ARGV[7])  -- CONFAB_HISTORY
-local log_len = tonumber(ARGV[8])      -- frames kept in the partition's log for gap repair
-local retention_ms = tonumber(ARGV[9]) -- how long an idle room keeps its history
-local PARTITIONS = 128                 -- keys::PARTITIONS
+local floor = tonumber(ARGV[1])     -- the highest counter value the calling node has seen
+local now_us = ARGV[2]              -- the caller's clock, microseconds since the epoch
+local now_ms = ARGV[3]              -- the same, in milliseconds (the frames' ts)
+local partition = tonumber(ARGV[4]) -- this partition's number, folded into every id
+local CHANNEL = ARGV[5]             -- the partition's channel
+
+local PARTITIONS = 128                  -- keys::PARTITIONS
+local HISTORY_LEN = {{history_len}}     -- CONFAB_HISTORY
+local LOG_LEN = {{log_len}}             -- frames kept in the partition's log for gap repair
+local RETENTION_MS = {{retention_ms}}   -- how long an idle room keeps its history
+local PUBLISH = '{{publish}}'           -- PUBLISH on one Redis, SPUBLISH on a Redis Cluster
 
 -- Ids stay below 2^53, so Lua's doubles hold them exactly; '%d' prints them without exponent.
 local function fmt(n) return string.format('%d', n) end
@@ -32,10 +35,10 @@ local function next_id()
     local fresh = count == 1
     local base = floor
     if fresh then
-      base = math.max(base, math.floor(now_us / PARTITIONS))
-      local newest = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)[1]
+      base = math.max(base, math.floor(tonumber(now_us) / PARTITIONS))
+      local newest = redis.call('LRANGE', LOG, -1, -1)[1]
       if newest then
-        base = math.max(base, math.floor(tonumber(string.match(newest[1], '^%d+')) / PARTITIONS))
+        base = math.max(base, math.floor(tonumber(string.match(newest, '^{"id":(%d+)')) / PARTITIONS))
       end
     end
     count = base + 1
@@ -47,16 +50,23 @@ local function next_id()
   return count * PARTITIONS + partition
 end
 
+-- Appends `frame` to the list at `key`, keeping about its newest `len`: trimmed only once it
+-- holds an eighth more, so most appends cost one command. Readers take the newest `len`.
+local function append(key, frame, len)
+  if redis.call('RPUSH', key, frame) > len + math.floor(len / 8) then
+    redis.call('LTRIM', key, -len, -1)
+  end
+end
+
 -- Gives `body` (a frame without its id: `"type":…}`) the next id, keeps it in the log and in
 -- the room's history (the list at key `history`), and publishes it. Returns the id.
 local function emit(history, body)
   local id = next_id()
   local frame = '{"id":' .. fmt(id) .. ',' .. body
-  redis.call('XADD', LOG, 'MAXLEN', '~', log_len, fmt(id) .. '-0', 'f', frame)
-  if history_len > 0 then
-    redis.call('RPUSH', history, frame)
-    redis.call('LTRIM', history, -history_len, -1)
-    redis.call('PEXPIRE', history, retention_ms)
+  append(LOG, frame, LOG_LEN)
+  if HISTORY_LEN > 0 then
+    append(history, frame, HISTORY_LEN)
+    redis.call('PEXPIRE', history, RETENTION_MS)
   end
   redis.call(PUBLISH, CHANNEL, frame)
   return id

@@ -1,7 +1,7 @@
--- One socket of a user in a room, on this node, closed. ARGV[12]: node, [13]: room, [14]:
+-- One socket of a user in a room, on this node, closed. ARGV[7]: node, [8]: room, [9]:
 -- user id. Returns 0 when this node had no such socket counted (it re-synchronised since), 2
 -- when that was the user's last socket anywhere and `left` is now pending, else 1.
-local node, room, uid = ARGV[12], ARGV[13], ARGV[14]
+local node, room, uid = ARGV[7], ARGV[8], ARGV[9]
 local field = room .. ' ' .. uid
 local mine = node_sockets(node)
 local here = redis.call('HINCRBY', mine, field, -1)

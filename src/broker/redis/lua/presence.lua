@@ -1,9 +1,9 @@
 -- The second part of every presence script: room keys, departures and releases within one
--- partition. ARGV[10]: CONFAB_LEAVE_GRACE_MS; ARGV[11]: the partition's key prefix
--- (`confab:{tag}:`). Room keys are built from that prefix, so they are always in the
--- script's slot; KEYS[4] is the partition's departures (`leaving`).
-local grace_ms = tonumber(ARGV[10])
-local PREFIX = ARGV[11]
+-- partition. ARGV[6]: the partition's key prefix (`confab:{tag}:`). Room keys are built from
+-- that prefix, so they are always in the script's slot; KEYS[4] is the partition's departures
+-- (`leaving`). Own arguments of presence scripts start at ARGV[7].
+local grace_ms = {{grace_ms}}  -- CONFAB_LEAVE_GRACE_MS
+local PREFIX = ARGV[6]
 local LEAVING = KEYS[4]
 
 local function room_key(room, part) return PREFIX .. 'room:' .. room .. ':' .. part end

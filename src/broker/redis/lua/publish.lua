@@ -1,2 +1,2 @@
--- A chat message. KEYS[4]: the room's history; ARGV[12]: the frame body. Returns the id.
-return emit(KEYS[4], ARGV[12])
+-- A chat message. KEYS[4]: the room's history; ARGV[6]: the frame body. Returns the id.
+return emit(KEYS[4], ARGV[6])
