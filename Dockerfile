@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # confab's image: a release build in the Rust image, run from Debian slim as a non-root user.
-# Templates are compiled into the binary; static files are copied beside it and found through
-# CONFAB_STATIC_DIR. docs/deploy.md explains the choices.
+# Templates and static files are compiled into the binary, which is all the runtime stage
+# holds. docs/deploy.md explains the choices.
 #
 #   docker build -t confab .
 #   docker run --rm -p 3000:3000 confab        # one node, embedded broker
@@ -17,11 +17,12 @@ FROM busybox:${BUSYBOX_VERSION}-musl AS busybox
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 WORKDIR /src
-# Only what the build reads (the Lua scripts are under src/), so that an edit to docs, tests
-# or static files does not rebuild.
-COPY Cargo.toml Cargo.lock ./
+# Only what the build reads (the Lua scripts are under src/; build.rs and rust-embed read
+# static/), so that an edit to docs or tests does not rebuild.
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY templates ./templates
+COPY static ./static
 # The registry and the target directory are BuildKit caches: after a source change only
 # confab itself compiles again, not its dependencies. The binary leaves the cache by a copy.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
@@ -39,11 +40,8 @@ RUN groupadd --system --gid 10001 confab \
 # slim has neither curl nor wget.
 COPY --from=busybox /bin/busybox /usr/local/bin/busybox
 COPY --from=build /out/confab /usr/local/bin/confab
-COPY static /usr/share/confab/static
 # In a container confab listens on every interface; the rest are confab's own defaults.
-ENV CONFAB_BIND=0.0.0.0:3000 \
-    CONFAB_STATIC_DIR=/usr/share/confab/static
-WORKDIR /usr/share/confab
+ENV CONFAB_BIND=0.0.0.0:3000
 USER 10001:10001
 EXPOSE 3000
 # SIGTERM starts the drain (1012 to every socket, then exit within 20 s); give it 30 s

@@ -11,17 +11,17 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Response, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::routing::get;
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
-use tower_http::services::fs::ServeFileSystemResponseBody;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::{info, warn};
 
+use crate::assets;
 use crate::auth::{self, CookieCodec, OriginPolicy};
 use crate::broker::{Broker, MemoryBroker, NodeBroker, RedisBroker};
 use crate::client::TrustedProxies;
@@ -214,19 +214,7 @@ impl Drop for ConnectionSlot {
 
 /// Every route of a node, assembled in one place.
 pub fn router(state: AppState) -> Router {
-    let static_files = tower::ServiceBuilder::new()
-        .map_response(|mut response: Response<ServeFileSystemResponseBody>| {
-            // Files may be cached (pages ask for them with `?v=`); a 404 must not be.
-            if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
-                response.headers_mut().insert(
-                    header::CACHE_CONTROL,
-                    HeaderValue::from_static("public, max-age=3600"),
-                );
-            }
-            response
-        })
-        .service(ServeDir::new(&state.config.static_dir));
-    Router::new()
+    let routes = Router::new()
         .route("/", get(pages::show_lobby))
         .route("/rooms/{room}", get(pages::show_room))
         .route("/signin", get(auth::show_signin).post(auth::post_signin))
@@ -234,8 +222,19 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/chat", get(ws::upgrade_socket))
         .route("/healthz", get(pages::show_health))
         .route("/readyz", get(pages::show_readiness))
-        .route("/metrics", get(metrics::show_metrics))
-        .nest_service("/static", static_files)
+        .route("/metrics", get(metrics::show_metrics));
+    let routes = match &state.config.static_dir {
+        // The files built into the binary: found whatever the working directory.
+        None => routes.route("/static/{*path}", get(assets::get_asset)),
+        // A restyled page (`CONFAB_STATIC_DIR`), read from disk on each request.
+        Some(dir) => routes.nest_service(
+            "/static",
+            tower::ServiceBuilder::new()
+                .map_response(assets::cache_when_found)
+                .service(ServeDir::new(dir)),
+        ),
+    };
+    routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(security_header(

@@ -51,9 +51,10 @@ struct Cli {
     /// How long a user may be gone before `left` is announced; 0 announces at once.
     #[arg(long, env = "CONFAB_LEAVE_GRACE_MS", default_value = "5000")]
     leave_grace_ms: String,
-    /// Directory served under /static.
-    #[arg(long, env = "CONFAB_STATIC_DIR", default_value = "static")]
-    static_dir: String,
+    /// Unset: the page's files built into the binary. Set: a directory served under /static
+    /// instead (a restyled page); it must hold app.js.
+    #[arg(long, env = "CONFAB_STATIC_DIR")]
+    static_dir: Option<String>,
     /// Most open sockets on this node; upgrades beyond it get 503.
     #[arg(long, env = "CONFAB_MAX_CONNECTIONS", default_value = "20000")]
     max_connections: String,
@@ -150,8 +151,9 @@ pub struct Config {
     pub chat: ChatConfig,
     /// Limits against abuse, and the trusted proxies.
     pub abuse: AbuseConfig,
-    /// `CONFAB_STATIC_DIR`: the files served under `/static`.
-    pub static_dir: PathBuf,
+    /// `CONFAB_STATIC_DIR`: `None` serves the files built into the binary under `/static`;
+    /// `Some` serves this directory instead (checked at start-up to hold `app.js`).
+    pub static_dir: Option<PathBuf>,
     /// `CONFAB_RUNTIME`: the tokio runtime flavour.
     pub runtime: RuntimeFlavor,
 }
@@ -326,6 +328,14 @@ impl Config {
                 problem,
             })?;
 
+        let static_dir = match cli.static_dir.filter(|dir| !dir.is_empty()) {
+            None => None,
+            Some(dir) => Some(check_static_dir(&dir).map_err(|problem| ConfigError {
+                setting: name("static_dir", "CONFAB_STATIC_DIR"),
+                problem,
+            })?),
+        };
+
         let runtime = match cli.runtime.as_str() {
             "multi-thread" => RuntimeFlavor::MultiThread,
             "current-thread" => RuntimeFlavor::CurrentThread,
@@ -357,13 +367,13 @@ impl Config {
                 max_sockets_per_address: max_sockets_per_address as usize,
                 signins_per_minute: signins_per_minute as u32,
             },
-            static_dir: PathBuf::from(cli.static_dir),
+            static_dir,
             runtime,
         })
     }
 
     /// A configuration for tests that reads no environment: port 0 on loopback, the embedded
-    /// broker, a fixed secret, no leave grace, and the static files of this checkout.
+    /// broker, a fixed secret, no leave grace, and the static files built into the binary.
     pub fn for_tests() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -385,7 +395,7 @@ impl Config {
                 max_sockets_per_address: 10_000,
                 signins_per_minute: 10_000,
             },
-            static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/static")),
+            static_dir: None,
             runtime: RuntimeFlavor::MultiThread,
         }
     }
@@ -470,6 +480,24 @@ fn default_node_id() -> String {
         .filter(|host| !host.is_empty())
         .unwrap_or_else(|| "confab".into());
     format!("{host}-{}", std::process::id())
+}
+
+/// A directory that can stand in for the built-in static files: it exists and holds the
+/// page's script. Checked once here, so that a typo fails start-up rather than every page
+/// load.
+fn check_static_dir(dir: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(dir);
+    match std::fs::metadata(&path) {
+        Ok(metadata) if metadata.is_dir() => {}
+        Ok(_) => return Err(format!("{dir:?} is not a directory")),
+        Err(error) => return Err(format!("cannot read {dir:?}: {error}")),
+    }
+    if !path.join("app.js").is_file() {
+        return Err(format!(
+            "{dir:?} has no app.js, which the page needs; unset it to serve the built-in files"
+        ));
+    }
+    Ok(path)
 }
 
 /// The cookie key from a file, without the line break editors and `echo` leave at its end.
@@ -562,6 +590,9 @@ mod tests {
                 "--max-sockets-per-address",
             ),
             (&["--signins-per-minute", "0"], "--signins-per-minute"),
+            (&["--static-dir", "/nonexistent/static"], "--static-dir"),
+            (&["--static-dir", "Cargo.toml"], "--static-dir"),
+            (&["--static-dir", "templates"], "--static-dir"),
         ];
         for (args, setting) in cases {
             assert_eq!(failing_setting(args), setting, "args {args:?}");
@@ -656,6 +687,18 @@ mod tests {
         assert_eq!(config.abuse.max_sockets_per_user, 10);
         assert_eq!(config.abuse.max_sockets_per_address, 100);
         assert_eq!(config.abuse.signins_per_minute, 20);
+        assert!(
+            config.static_dir.is_none(),
+            "the built-in static files by default"
+        );
+    }
+
+    #[test]
+    fn a_static_dir_holding_app_js_is_taken() {
+        let restyled = config(&["--static-dir", "static"]).unwrap();
+        assert_eq!(restyled.static_dir, Some(PathBuf::from("static")));
+        let empty = config(&["--static-dir", ""]).unwrap();
+        assert!(empty.static_dir.is_none(), "empty means unset");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`auth`]: sign-in/out, the signed user cookie, the `Origin` check.
 //! - [`user`]: user names, the user object, its shared JSON.
 //! - [`pages`]: HTML pages from templates, health and readiness.
+//! - [`assets`]: the page's static files, built in or from `CONFAB_STATIC_DIR`.
 //! - [`protocol`]: room names, server frames, chat checks, close codes.
 //! - [`ws`]: the WebSocket upgrade and the per-socket task.
 //! - [`ratelimit`]: the token bucket (per socket, per address).
@@ -29,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod assets;
 pub mod auth;
 pub mod broker;
 pub mod client;

@@ -1,8 +1,8 @@
 //! The HTML pages (sign-in form, chat room) rendered from `templates/` with minijinja, and the
 //! small plain-text routes (`/healthz`, `/readyz`).
 //!
-//! Templates are embedded in the binary at build time, so a deployed node needs only its
-//! static files. Their names end in `.html`, which turns minijinja's HTML escaping on: a user
+//! Templates are embedded in the binary at build time, as are the static files (`assets`), so
+//! a deployed node is one file. Their names end in `.html`, which turns minijinja's HTML escaping on: a user
 //! name can never become markup.
 
 use axum::extract::{Path, State};

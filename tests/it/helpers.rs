@@ -581,3 +581,42 @@ pub fn reserved_port() -> u16 {
     }
     panic!("no free loopback port below the ephemeral range");
 }
+
+/// A fresh directory under the system's temporary directory, removed (with its contents) when
+/// dropped: a working directory with nothing in it, or a stand-in `CONFAB_STATIC_DIR`.
+pub struct TempDir {
+    path: std::path::PathBuf,
+}
+
+impl TempDir {
+    /// Creates `confab-<what>-<pid>-<n>`, empty.
+    pub fn new(what: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static CREATED: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "confab-{what}-{}-{}",
+            std::process::id(),
+            CREATED.fetch_add(1, Ordering::Relaxed)
+        ));
+        // Left over from an earlier run whose process had the same id.
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("the temporary directory is created");
+        Self { path }
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Writes `contents` to `name` inside it.
+    pub fn write(&self, name: &str, contents: &str) {
+        std::fs::write(self.path.join(name), contents).expect("the file is written");
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

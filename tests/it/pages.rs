@@ -1,6 +1,8 @@
 //! The HTTP routes: sign-in, pages, static files, health, metrics.
 
-use crate::helpers::{decode_cookie_user, spawn_app, tampered};
+use std::path::PathBuf;
+
+use crate::helpers::{TempDir, decode_cookie_user, spawn_app, spawn_app_with, tampered};
 
 #[tokio::test]
 async fn the_lobby_without_a_cookie_redirects_to_signin() {
@@ -210,40 +212,135 @@ async fn signing_out_clears_the_cookie_and_redirects_to_signin() {
 
 #[tokio::test]
 async fn static_files_have_a_content_type_and_caching_headers() {
-    let app = spawn_app().await;
-    let cases = [
-        ("/static/app.js", "javascript"),
-        ("/static/style.css", "text/css"),
-        ("/static/favicon.svg", "image/svg+xml"),
-        ("/static/avatars/0.svg", "image/svg+xml"),
-    ];
-    for (path, content_type) in cases {
-        let response = app.get(path).await;
-        assert_eq!(response.status(), 200, "{path}");
-        let headers = response.headers();
+    let checkout = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/static"));
+    // Built in, and from a CONFAB_STATIC_DIR: the same answers.
+    for static_dir in [None, Some(checkout)] {
+        let source = format!("static_dir {static_dir:?}");
+        let app = spawn_app_with(|config| config.static_dir = static_dir).await;
+        let cases = [
+            ("/static/app.js", "javascript"),
+            ("/static/style.css", "text/css"),
+            ("/static/favicon.svg", "image/svg+xml"),
+            ("/static/avatars/0.svg", "image/svg+xml"),
+        ];
+        for (path, content_type) in cases {
+            let response = app.get(path).await;
+            assert_eq!(response.status(), 200, "{source}: {path}");
+            let headers = response.headers();
+            assert!(
+                headers["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .contains(content_type),
+                "{source}: {path}: {headers:?}"
+            );
+            assert!(
+                headers["cache-control"]
+                    .to_str()
+                    .unwrap()
+                    .contains("max-age="),
+                "{source}: {path}: {headers:?}"
+            );
+            assert!(
+                headers.contains_key("last-modified") && headers.contains_key("etag"),
+                "{source}: {path}: {headers:?}"
+            );
+        }
+        let missing = app.get("/static/missing.js").await;
+        assert_eq!(missing.status(), 404, "{source}");
         assert!(
-            headers["content-type"]
-                .to_str()
-                .unwrap()
-                .contains(content_type),
-            "{path}: {headers:?}"
+            missing.headers().get("cache-control").is_none(),
+            "{source}: a 404 is not cached"
         );
-        assert!(
-            headers["cache-control"]
-                .to_str()
-                .unwrap()
-                .contains("max-age="),
-            "{path}: {headers:?}"
+        assert_eq!(
+            app.get("/static/../Cargo.toml").await.status(),
+            404,
+            "{source}"
         );
-        assert!(headers.contains_key("last-modified"), "{path}: {headers:?}");
+        assert_eq!(
+            app.get("/static/..%2FCargo.toml").await.status(),
+            404,
+            "{source}"
+        );
     }
-    let missing = app.get("/static/missing.js").await;
-    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn built_in_static_files_answer_a_matching_etag_with_304() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::new();
+    let script = app.get("/static/app.js").await;
+    let etag = script.headers()["etag"].to_str().unwrap().to_owned();
+    let length = script.bytes().await.unwrap().len();
     assert!(
-        missing.headers().get("cache-control").is_none(),
-        "a 404 is not cached"
+        etag.len() == 66
+            && etag.starts_with('"')
+            && etag.ends_with('"')
+            && etag[1..65].bytes().all(|b| b.is_ascii_hexdigit()),
+        "a strong tag holding the SHA-256: {etag}"
     );
-    assert_eq!(app.get("/static/../Cargo.toml").await.status(), 404);
+    let stylesheet = app.get("/static/style.css").await;
+    assert_ne!(
+        stylesheet.headers()["etag"],
+        etag.as_str(),
+        "one tag per file"
+    );
+
+    let cases = [
+        (etag.clone(), 304, "the same tag"),
+        (format!("W/{etag}"), 304, "the same tag, weak"),
+        (format!("\"0\", {etag}"), 304, "the tag in a list"),
+        ("*".to_owned(), 304, "any tag"),
+        ("\"0\"".to_owned(), 200, "another tag"),
+    ];
+    for (if_none_match, status, case) in cases {
+        let response = client
+            .get(app.url("/static/app.js"))
+            .header("if-none-match", &if_none_match)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{case}: {if_none_match}");
+        let headers = response.headers().clone();
+        assert_eq!(headers["etag"], etag.as_str(), "{case}");
+        assert_eq!(headers["cache-control"], "public, max-age=3600", "{case}");
+        let body = response.bytes().await.unwrap();
+        assert_eq!(body.len(), if status == 304 { 0 } else { length }, "{case}");
+    }
+
+    let head = client.head(app.url("/static/app.js")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["etag"], etag.as_str());
+    assert_eq!(head.headers()["content-type"], "text/javascript");
+    assert_eq!(
+        head.headers()["content-length"],
+        length.to_string().as_str()
+    );
+    assert!(head.bytes().await.unwrap().is_empty(), "HEAD has no body");
+    let post = client.post(app.url("/static/app.js")).send().await.unwrap();
+    assert_eq!(post.status(), 405);
+}
+
+#[tokio::test]
+async fn a_static_dir_serves_its_own_files_instead_of_the_built_in_ones() {
+    let restyled = TempDir::new("restyled");
+    restyled.write("app.js", "// restyled\n");
+    let dir = restyled.path().to_owned();
+    let app = spawn_app_with(|config| config.static_dir = Some(dir)).await;
+    let script = app.get("/static/app.js").await;
+    assert_eq!(script.status(), 200);
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("javascript")
+    );
+    assert_eq!(script.text().await.unwrap(), "// restyled\n");
+    assert_eq!(
+        app.get("/static/style.css").await.status(),
+        404,
+        "the directory replaces the built-in files; it does not add to them"
+    );
 }
 
 #[tokio::test]

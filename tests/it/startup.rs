@@ -1,5 +1,7 @@
-//! The real binary: start-up errors name the setting at fault; the listening line.
+//! The real binary: start-up errors name the setting at fault; the listening line; the page it
+//! carries, whatever its working directory.
 
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -7,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{EVENT_TIMEOUT, TestUser};
+use crate::helpers::{EVENT_TIMEOUT, TempDir, TestUser};
 
 /// A `confab` process started from the built binary, with its output captured.
 pub struct ConfabProcess {
@@ -22,14 +24,16 @@ pub struct ConfabProcess {
 impl ConfabProcess {
     /// Starts `confab` on `127.0.0.1:0` with `env` added, and waits for its listening line.
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_in(Path::new(env!("CARGO_MANIFEST_DIR")), env).await
+    }
+
+    /// Starts `confab` as [`ConfabProcess::start`] does, in the working directory `dir`.
+    pub async fn start_in(dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_confab"));
         command
+            .current_dir(dir)
             .env_clear()
             .env("CONFAB_BIND", "127.0.0.1:0")
-            .env(
-                "CONFAB_STATIC_DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/static"),
-            )
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
@@ -230,4 +234,92 @@ async fn the_listening_line_reports_the_real_port_and_the_random_key_is_warned_a
         "{output}"
     );
     assert!(output.contains("CONFAB_SECRET is unset"), "{output}");
+}
+
+/// The attribute values of `page` that name a file under `/static/`.
+fn static_urls(page: &str) -> Vec<String> {
+    page.split('"')
+        .filter(|piece| piece.starts_with("/static/"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_binary_serves_its_page_from_an_empty_working_directory() {
+    let empty = TempDir::new("cwd");
+    let process = ConfabProcess::start_in(empty.path(), &[]).await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", process.addr);
+
+    for (path, content_type) in [
+        ("/static/app.js", "text/javascript"),
+        ("/static/style.css", "text/css"),
+    ] {
+        let response = client.get(url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["content-type"], content_type, "{path}");
+        let shipped = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(&path[1..]))
+            .expect("the checkout has the file");
+        assert_eq!(
+            response.bytes().await.unwrap(),
+            shipped,
+            "{path} is the checkout's"
+        );
+    }
+
+    let user = process.client().sign_in("ann").await;
+    let signin = client.get(url("/signin")).send().await.unwrap();
+    let room = client
+        .get(url("/"))
+        .header("cookie", &user.cookie)
+        .send()
+        .await
+        .unwrap();
+    let mut assets = static_urls(&signin.text().await.unwrap());
+    assets.extend(static_urls(&room.text().await.unwrap()));
+    for named in [
+        "/static/app.js?v=",
+        "/static/style.css?v=",
+        "/static/favicon.svg",
+    ] {
+        assert!(
+            assets.iter().any(|asset| asset.starts_with(named)),
+            "the pages name {named}: {assets:?}"
+        );
+    }
+    for asset in &assets {
+        let response = client.get(url(asset)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{asset}");
+        assert!(response.headers().contains_key("etag"), "{asset}");
+    }
+    assert!(
+        std::fs::read_dir(empty.path()).unwrap().next().is_none(),
+        "the node writes nothing to its working directory"
+    );
+}
+
+#[tokio::test]
+async fn a_static_dir_that_is_missing_or_lacks_app_js_stops_start_up() {
+    let without_script = TempDir::new("restyled");
+    without_script.write("style.css", "body { color: teal; }\n");
+    let without_script = without_script.path().to_str().unwrap();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let cases = [
+        ("/nonexistent/static", "No such file"),
+        (file, "not a directory"),
+        (without_script, "app.js"),
+    ];
+    for (dir, reason) in cases {
+        let (status, stderr) = run_to_exit(&[], &[("CONFAB_STATIC_DIR", dir)]).await;
+        assert!(!status.success(), "{dir} must stop start-up");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{dir}: one line, got {stderr:?}"
+        );
+        assert!(
+            stderr.contains("CONFAB_STATIC_DIR") && stderr.contains(dir) && stderr.contains(reason),
+            "{dir}: {stderr:?}"
+        );
+    }
 }

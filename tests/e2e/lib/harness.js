@@ -79,13 +79,14 @@ function waitForExit(child, ms = 20000) {
 }
 
 /**
- * Spawns `command` and resolves once a line of its output matches `ready`
- * (resolving with the match), rejecting if it exits first or takes longer
- * than `ms`. Output goes to target/e2e/logs/<name>.log.
+ * Spawns `command` (in `cwd`, default this process's) and resolves once a line
+ * of its output matches `ready` (resolving with the match), rejecting if it
+ * exits first or takes longer than `ms`. Output goes to
+ * target/e2e/logs/<name>.log.
  */
-function spawnAndWait(name, command, args, { env, ready, ms = 20000 }) {
+function spawnAndWait(name, command, args, { env, cwd, ready, ms = 20000 }) {
   const log = fs.createWriteStream(path.join(LOGS, `${name}.log`), { flags: 'a' });
-  const child = track(spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] }));
+  const child = track(spawn(command, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] }));
   return new Promise((resolve, reject) => {
     let done = false;
     let buffered = '';
@@ -131,8 +132,10 @@ function spawnAndWait(name, command, args, { env, ready, ms = 20000 }) {
 /**
  * Starts one confab node and resolves once it logged `listening on http://ADDR`.
  * `bind` defaults to 127.0.0.1:0; pass a fixed one to restart on the same port.
+ * The page's files are the ones built into the binary (no CONFAB_STATIC_DIR),
+ * as in a deploy; `cwd` is the node's working directory.
  */
-async function startConfab(name, { bind = '127.0.0.1:0', env = {} } = {}) {
+async function startConfab(name, { bind = '127.0.0.1:0', env = {}, cwd } = {}) {
   const { child, match } = await spawnAndWait(name, BIN, [], {
     env: {
       PATH: process.env.PATH,
@@ -140,11 +143,11 @@ async function startConfab(name, { bind = '127.0.0.1:0', env = {} } = {}) {
       RUST_LOG: process.env.RUST_LOG || 'info',
       RUST_BACKTRACE: '1',
       CONFAB_BIND: bind,
-      CONFAB_STATIC_DIR: path.join(REPO, 'static'),
       CONFAB_SECRET: SECRET,
       CONFAB_LEAVE_GRACE_MS: '0',
       ...env,
     },
+    cwd,
     ready: /listening on (http:\/\/\S+)/,
   });
   const url = match[1];
