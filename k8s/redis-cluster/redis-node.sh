@@ -6,15 +6,16 @@
 # recreated. One pod coming back is found by itself (it still knows its peers' IPs, and they
 # learn its new one when it pings them); when several come back with new IPs at once, none
 # may know where the others are. So, every 15 s, this node looks up each peer it knows by its
-# name and, if the name resolves to another IP than it has on file, meets the peer there
-# (CLUSTER MEET to a known node only updates its address). It never meets unknown nodes: the
-# cluster is created by the redis-cluster-create Job alone.
+# name and, if the name resolves to another IP than it has on file and the node there has the
+# peer's id, meets it there (CLUSTER MEET to a known node only updates its address). It never
+# meets other nodes: the cluster is created by the redis-cluster-create Job, and a new pod in
+# an old one's place (a lost volume) is added by hand (docs/deploy.md, "Redis Cluster").
 set -eu
 
 remeet() {
     set +e
     while sleep 15; do
-        redis-cli cluster nodes 2>/dev/null | while read -r _ address flags _; do
+        redis-cli cluster nodes 2>/dev/null | while read -r id address flags _; do
             case $flags in *myself*) continue ;; esac
             # ip:port@cport,hostname (ip empty once the node lost it)
             name=${address#*,}
@@ -22,8 +23,11 @@ remeet() {
             known=${address%%:*}
             port=${address#*:}
             port=${port%%@*}
+            [ "${port:-0}" != 0 ] || port=6379
             ip=$(getent hosts "$name" | awk '{ print $1; exit }')
-            if [ -n "$ip" ] && [ "$ip" != "$known" ]; then
+            [ -n "$ip" ] && [ "$ip" != "$known" ] || continue
+            theirs=$(redis-cli -h "$ip" -p "$port" cluster myid 2>/dev/null | tr -d '\r')
+            if [ "$theirs" = "$id" ]; then
                 echo "redis-node.sh: $name is at $ip (on file: ${known:-none}): CLUSTER MEET"
                 redis-cli cluster meet "$ip" "$port" >/dev/null || true
             fi
