@@ -47,8 +47,9 @@ EXPOSE 3000
 # SIGTERM starts the drain (1012 to every socket, then exit within 20 s); give it 30 s
 # (docker stop --time 30, stop_grace_period in compose, terminationGracePeriodSeconds).
 STOPSIGNAL SIGTERM
-# Liveness only: /readyz also turns 503 while Redis is away, and restarting a node for that
-# would not bring Redis back. The port follows CONFAB_BIND above.
+# Liveness only: /readyz is for load balancers (503 until the node first reached Redis, and while
+# it drains), and restarting a node would not bring an unreachable Redis back. The port follows
+# CONFAB_BIND above.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:3000/healthz"]
 ENTRYPOINT ["confab"]
