@@ -32,6 +32,11 @@ pub struct Common {
         default_value = "http://127.0.0.1:3000"
     )]
     pub urls: Vec<String>,
+    /// Which node each client connects to: `alternate` (every room spans every node),
+    /// `room` (a room's clients on one node, by a hash of its name, as nginx's
+    /// `hash $arg_room consistent`), `partition` (by confab's partition of the room).
+    #[arg(long, global = true, value_enum, default_value = "alternate")]
+    pub placement: crate::layout::Placement,
     /// The wire protocol: `confab` (confab and the koa peer) or `socketio` (the Socket.IO peer).
     #[arg(long, global = true, value_enum, default_value = "confab")]
     pub protocol: Protocol,
@@ -53,6 +58,10 @@ pub struct Common {
     /// repeat for several nodes (and Redis, if its CPU should count).
     #[arg(long = "server-pid", global = true)]
     pub server_pids: Vec<u32>,
+    /// A Redis server (`HOST:PORT`; repeat or comma-separate for each primary of a cluster) whose
+    /// script calls and CPU each step reports.
+    #[arg(long = "redis", global = true, value_delimiter = ',')]
+    pub redis: Vec<String>,
     /// Also write every figure as JSON to this file.
     #[arg(long, global = true)]
     pub json: Option<PathBuf>,
@@ -135,9 +144,13 @@ pub struct Fanout {
 /// `ramp`.
 #[derive(Debug, Clone, Args)]
 pub struct Ramp {
-    /// Clients, all in one room.
+    /// Clients, all in one room unless `--room-size` splits them.
     #[arg(long, default_value_t = 1000)]
     pub clients: u32,
+    /// Clients per room (default: all in one room). `--room-size 5` with 10,000 clients ramps
+    /// the `rooms` shape: 2,000 small rooms.
+    #[arg(long)]
+    pub room_size: Option<u32>,
     /// Senders among the clients (default: every client).
     #[arg(long)]
     pub senders: Option<u32>,

@@ -16,6 +16,7 @@ use crate::histogram::Histogram;
 use crate::http::Node;
 use crate::layout::Layout;
 use crate::msg::{Command, Counters, Reply, Setup};
+use crate::redis_info;
 use crate::report::{
     ConnectionsSummary, JoinSummary, Phase, RampSummary, Report, ServerWatch, Step,
 };
@@ -274,16 +275,18 @@ impl Run {
     ) -> Result<Self, String> {
         let nodes = nodes(common)?;
         let sources = cli::parse_sources(&common.sources)?;
+        let run = (now_ns() as u32) ^ (std::process::id().rotate_left(16));
         let layout = Layout {
             nodes: nodes.len() as u32,
             processes: common.processes,
             sources: sources.len().max(1) as u32,
+            placement: common.placement,
+            run,
             ..layout
         };
         if layout.clients == 0 || layout.room_size == 0 {
             return Err("need at least one client and one client per room".to_owned());
         }
-        let run = (now_ns() as u32) ^ (std::process::id().rotate_left(16));
         let setups = (0..common.processes)
             .map(|index| Setup {
                 index,
@@ -447,6 +450,12 @@ impl Run {
     /// One sending step at `rate` total messages a second for `secs`, then the drain.
     fn step(&mut self, step: u32, rate: f64, secs: f64, drain: f64) -> Result<Step, String> {
         let before = self.probe.sample();
+        let redis_before: Vec<_> = self
+            .common
+            .redis
+            .iter()
+            .map(|a| redis_info::sample(a))
+            .collect();
         let start_ns = now_ns() + 200_000_000;
         let end_ns = start_ns + (secs * 1e9) as u64;
         let replies = self.workers.ask(|_| Command::Step {
@@ -489,6 +498,12 @@ impl Run {
             deadline_ns,
         })?;
         let after = self.probe.sample();
+        let redis_after: Vec<_> = self
+            .common
+            .redis
+            .iter()
+            .map(|a| redis_info::sample(a))
+            .collect();
         let mut received = 0;
         let mut latency = Histogram::new();
         let mut counters = Counters::default();
@@ -549,6 +564,7 @@ impl Run {
             server_cpu_us_per_delivery: watching.then(|| per(server_cpu)),
             server_rss_bytes: watching.then(|| rss(&after)),
             passed: None,
+            redis: redis_info::between(&self.common.redis, &redis_before, &redis_after),
         };
         Ok(result)
     }
@@ -677,6 +693,8 @@ fn layout(clients: u32, room_size: u32, senders: u32) -> Layout {
         nodes: 1,
         processes: 1,
         sources: 1,
+        placement: crate::layout::Placement::Alternate,
+        run: 0,
     }
 }
 
@@ -715,7 +733,13 @@ fn ramp(common: &Common, args: &cli::Ramp) -> Result<Report, String> {
     let mut run = Run::start(
         common,
         "ramp",
-        layout(args.clients, args.clients, senders),
+        layout(
+            args.clients,
+            args.room_size
+                .unwrap_or(args.clients)
+                .clamp(1, args.clients.max(1)),
+            senders,
+        ),
         None,
     )?;
     run.signin()?;

@@ -2,7 +2,10 @@
 //! index, computed from its global index alone so that every process agrees without talking.
 //!
 //! Client `g` of `C`:
-//! - node `g % nodes` (consecutive clients alternate nodes, so every room spans every node);
+//! - node `g % nodes` (consecutive clients alternate nodes, so every room spans every node), or,
+//!   with a [`Placement`] that keeps rooms together, the node of its room: by a hash of the room
+//!   name (as nginx's `hash $arg_room consistent` would) or by confab's partition of the room
+//!   (so each node hears only its share of the partitions);
 //! - process `(g / nodes) % processes` (each process gets an equal share of every node);
 //! - local address `(g / (nodes × processes)) % sources`;
 //! - room `g / room_size`;
@@ -14,6 +17,25 @@
 //! and processes share it.
 
 use serde::{Deserialize, Serialize};
+
+/// Which node a client connects to.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+pub enum Placement {
+    /// Consecutive clients alternate nodes: every room spans every node.
+    #[default]
+    Alternate,
+    /// Every client of a room on one node, chosen by a hash of the room's name.
+    Room,
+    /// Every client of a room on one node, chosen by confab's partition of the room (its Redis
+    /// Cluster slot / 128, of 128): each node holds the rooms of a share of the partitions.
+    Partition,
+}
+
+/// confab's partition of a room name: CRC16/XMODEM of the name, as a Redis Cluster slot,
+/// divided into 128 ranges (`src/broker/redis/keys.rs`).
+pub fn confab_partition(room: &str) -> u32 {
+    u32::from(crc16::State::<crc16::XMODEM>::calculate(room.as_bytes()) % 16_384 / 128)
+}
 
 /// The shape of a run: how many clients, how they group into rooms, and who sends.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,12 +52,29 @@ pub struct Layout {
     pub processes: u32,
     /// Local addresses (1 when none is given: the kernel picks).
     pub sources: u32,
+    /// Which node each client connects to.
+    pub placement: Placement,
+    /// The run's id, part of every room name.
+    pub run: u32,
 }
 
 impl Layout {
     /// Client `g`'s node.
     pub fn node_of(&self, g: u32) -> u32 {
-        g % self.nodes
+        match self.placement {
+            Placement::Alternate => g % self.nodes,
+            Placement::Room => {
+                let name = crate::worker::room_name(self.run, self.room_of(g));
+                // FNV-1a: any stable hash spreads rooms evenly.
+                let hash = name.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+                    (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+                });
+                hash % self.nodes
+            }
+            Placement::Partition => {
+                confab_partition(&crate::worker::room_name(self.run, self.room_of(g))) % self.nodes
+            }
+        }
     }
 
     /// Client `g`'s generator process.
@@ -94,6 +133,8 @@ mod tests {
             nodes: 3,
             processes: 2,
             sources: 2,
+            placement: Placement::Alternate,
+            run: 7,
         }
     }
 
@@ -128,6 +169,31 @@ mod tests {
         assert_eq!(l.rooms(), 12);
         assert_eq!(l.room_of(59), 11);
         assert!((0..60).all(|g| l.source_of(g) < 2));
+    }
+
+    #[test]
+    fn rooms_kept_together_have_every_client_on_one_node() {
+        for placement in [Placement::Room, Placement::Partition] {
+            let l = Layout {
+                placement,
+                ..layout(3000, 3000)
+            };
+            let mut per_node = [0; 3];
+            for room in 0..l.rooms() {
+                let nodes: Vec<u32> = (room * 5..room * 5 + 5).map(|g| l.node_of(g)).collect();
+                assert!(
+                    nodes.windows(2).all(|pair| pair[0] == pair[1]),
+                    "{placement:?}"
+                );
+                per_node[nodes[0] as usize] += 1;
+            }
+            assert!(
+                per_node.iter().all(|&n| n > 150),
+                "{placement:?}: {per_node:?}"
+            );
+        }
+        // The partition of a room is the one confab computes (keys.rs tests the slots).
+        assert_eq!(confab_partition("123456789"), 12_739 / 128);
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! - [`histogram`]: latency histograms;
 //! - [`msg`]: what the coordinator and workers say to each other;
 //! - [`report`]: the JSON report and the human table;
-//! - [`sys`]: CPU time, memory and the open-file limit.
+//! - [`sys`]: CPU time, memory and the open-file limit;
+//! - [`redis_info`]: what a Redis server spent during a step (`--redis`).
 
 pub mod cli;
 pub mod coord;
@@ -23,6 +24,7 @@ pub mod histogram;
 pub mod http;
 pub mod layout;
 pub mod msg;
+pub mod redis_info;
 pub mod report;
 pub mod scan;
 pub mod sys;

@@ -127,6 +127,9 @@ pub struct Step {
     /// `ramp`: whether the step stayed within the loss and p99 limits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passed: Option<bool>,
+    /// Each `--redis` server's script calls and CPU over the step.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redis: Vec<crate::redis_info::RedisStep>,
 }
 
 /// What `ramp` concluded.
@@ -330,6 +333,27 @@ impl Report {
                     srv,
                     ok
                 );
+            }
+            for s in self.steps.iter().filter(|s| !s.redis.is_empty()) {
+                let servers: Vec<String> = s
+                    .redis
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} {} scripts ({:.1} %), {:.2} µs each, CPU {:.2} µs/msg",
+                            r.address,
+                            r.evalsha_calls,
+                            r.evalsha_share * 100.0,
+                            r.evalsha_us_per_call,
+                            if s.sent == 0 {
+                                0.0
+                            } else {
+                                r.cpu_secs * 1e6 / s.sent as f64
+                            }
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(out, "step {} redis: {}", s.step, servers.join("; "));
             }
             if let Some(last) = self.steps.last() {
                 let _ = writeln!(
