@@ -374,25 +374,26 @@ impl Shared {
 
     /// Runs a script within [`COMMAND_TIMEOUT`], and notes whether Redis answered.
     async fn run<T: FromRedisValue>(&self, call: ScriptInvocation<'_>) -> Result<T, BrokerError> {
-        let Some(connection) = self.commands() else {
-            return Err(BrokerError::Starting);
-        };
-        let mut connection = connection.clone();
-        let result = tokio::time::timeout(COMMAND_TIMEOUT, call.invoke_async(&mut connection))
+        self.on_connection(async |mut connection| call.invoke_async(&mut connection).await)
             .await
-            .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT))
-            .and_then(|result| result.map_err(BrokerError::from));
-        self.note_commands(result.is_ok());
-        result
     }
 
     /// Runs one command, like [`Shared::run`].
     async fn query<T: FromRedisValue>(&self, command: redis::Cmd) -> Result<T, BrokerError> {
+        self.on_connection(async |mut connection| command.query_async(&mut connection).await)
+            .await
+    }
+
+    /// Runs `request` on the command connection within [`COMMAND_TIMEOUT`], and notes whether
+    /// Redis answered.
+    async fn on_connection<T>(
+        &self,
+        request: impl AsyncFnOnce(Commands) -> redis::RedisResult<T>,
+    ) -> Result<T, BrokerError> {
         let Some(connection) = self.commands() else {
             return Err(BrokerError::Starting);
         };
-        let mut connection = connection.clone();
-        let result = tokio::time::timeout(COMMAND_TIMEOUT, command.query_async(&mut connection))
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, request(connection.clone()))
             .await
             .map_err(|_| BrokerError::Timeout(COMMAND_TIMEOUT))
             .and_then(|result| result.map_err(BrokerError::from));
