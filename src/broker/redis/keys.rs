@@ -134,6 +134,14 @@ impl Partition {
     pub fn history_key(self, room: &RoomName) -> String {
         format!("{}room:{room}:history", self.prefix())
     }
+
+    /// Every key of `room` that presence scripts write (`presence.lua`'s `room_key`): its
+    /// socket counts, online set, users, farewells and history.
+    pub fn room_keys(self, room: &RoomName) -> [String; 5] {
+        let prefix = self.prefix();
+        ["sockets", "online", "users", "farewell", "history"]
+            .map(|part| format!("{prefix}room:{room}:{part}"))
+    }
 }
 
 impl fmt::Display for Partition {
@@ -222,6 +230,22 @@ mod tests {
             counts[usize::from(slot / 5461).min(2)] += 1;
         }
         assert!(counts.iter().all(|&n| (42..=43).contains(&n)), "{counts:?}");
+    }
+
+    #[test]
+    fn room_keys_are_spelled_as_the_presence_scripts_build_them() {
+        let room = RoomName::parse("general").unwrap();
+        let partition = Partition::of(&room);
+        let keys = partition.room_keys(&room);
+        assert_eq!(keys[4], partition.history_key(&room));
+        // presence.lua: PREFIX .. 'room:' .. room .. ':' .. part
+        assert_eq!(
+            keys[0],
+            format!("{}room:general:sockets", partition.prefix())
+        );
+        assert!(
+            include_str!("lua/presence.lua").contains("PREFIX .. 'room:' .. room .. ':' .. part")
+        );
     }
 
     #[test]

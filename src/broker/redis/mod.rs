@@ -263,6 +263,7 @@ impl Broker for RedisBroker {
         let mut call = shared
             .common(partition)
             .invoke_presence(&shared.scripts()?.join);
+        declare_room_keys(&mut call, partition, room, &shared.node_id);
         call.arg(&shared.node_id)
             .arg(room.as_str())
             .arg(user.id())
@@ -301,6 +302,7 @@ impl Broker for RedisBroker {
         let outcome = match shared.scripts() {
             Ok(scripts) => {
                 let mut call = shared.common(partition).invoke_presence(&scripts.leave);
+                declare_room_keys(&mut call, partition, room, &shared.node_id);
                 call.arg(&shared.node_id).arg(room.as_str()).arg(user.id());
                 shared.run::<i64>(call).await
             }
@@ -758,6 +760,20 @@ impl LocalPresence {
                 },
             );
         }
+    }
+}
+
+/// Declares the keys a `join` or `leave` of `node` in `room` touches, so that Redis Cluster
+/// redirects the call before it runs while the partition's slot is being migrated.
+fn declare_room_keys(
+    call: &mut ScriptInvocation<'_>,
+    partition: Partition,
+    room: &RoomName,
+    node: &str,
+) {
+    call.key(partition.node_sockets_key(node));
+    for key in partition.room_keys(room) {
+        call.key(key);
     }
 }
 

@@ -1,12 +1,12 @@
--- One more socket of a user in a room, on this node. First announces the partition's due
--- departures (so a partition no node was sweeping shows no ghost), then counts the socket,
+-- One more socket of a user in a room, on this node. First announces the room's due
+-- departures (so a room in a partition no node was sweeping shows no ghost), then counts the socket,
 -- announces `join` if the user was not online, and returns the joining socket's snapshot,
 -- taken at the same instant: { newest id of the partition, the room's history, the users
 -- online }.
 -- ARGV[7]: node, [8]: room, [9]: user id, [10]: user JSON, [11]: the `left` frame's
 -- `"user":…,"data":…` fragment, [12]: the `join` frame body, [13]: most departures to sweep.
 local node, room, uid = ARGV[7], ARGV[8], ARGV[9]
-sweep(tonumber(ARGV[13]))
+sweep(tonumber(ARGV[13]), room)
 local field = room .. ' ' .. uid
 redis.call('HINCRBY', node_sockets(node), field, 1)
 redis.call('HINCRBY', room_key(room, 'sockets'), uid, 1)

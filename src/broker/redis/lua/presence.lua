@@ -2,6 +2,12 @@
 -- partition. ARGV[6]: the partition's key prefix (`confab:{tag}:`). Room keys are built from
 -- that prefix, so they are always in the script's slot; KEYS[4] is the partition's departures
 -- (`leaving`). Own arguments of presence scripts start at ARGV[7].
+--
+-- `join` and `leave` also declare every key of their room and node in KEYS, after these: while
+-- a Redis Cluster migrates the partition's slot, Redis then redirects or retries the call
+-- before it runs (ASK, TRYAGAIN) instead of failing it half-way at a key already moved. The
+-- scripts that touch rooms they cannot name in advance (sweep, release, resync) are re-run by
+-- the node's re-synchronisation if one fails so.
 local grace_ms = {{grace_ms}}  -- CONFAB_LEAVE_GRACE_MS
 local PREFIX = ARGV[6]
 local LEAVING = KEYS[4]
@@ -39,15 +45,17 @@ local function release(room, uid, count, grace)
 end
 
 -- Announces `left` for up to `limit` users whose leave grace has passed and who did not come
--- back. Returns how many were announced.
-local function sweep(limit)
+-- back (only those of room `only`, when given). Returns how many were announced.
+local function sweep(limit, only)
   local due = redis.call('ZRANGEBYSCORE', LEAVING, '-inf', now_ms, 'LIMIT', 0, limit)
   local announced = 0
   for _, field in ipairs(due) do
-    redis.call('ZREM', LEAVING, field)
     local room, uid = string.match(field, '^(%S+) (%S+)$')
-    if room and redis.call('HEXISTS', room_key(room, 'sockets'), uid) == 0 then
-      announced = announced + announce_left(room, uid)
+    if room == nil or only == nil or room == only then
+      redis.call('ZREM', LEAVING, field)
+      if room and redis.call('HEXISTS', room_key(room, 'sockets'), uid) == 0 then
+        announced = announced + announce_left(room, uid)
+      end
     end
   end
   return announced
