@@ -18,11 +18,15 @@ FROM busybox:${BUSYBOX_VERSION}-musl AS busybox
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 WORKDIR /src
 # Only what the build reads (the Lua scripts are under src/; build.rs and rust-embed read
-# static/), so that an edit to docs or tests does not rebuild.
+# static/), so that an edit to docs or tests does not rebuild; and what cargo needs to open the
+# workspace, though it builds neither: the bench member and the `hot_path` bench target.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY templates ./templates
 COPY static ./static
+COPY bench/Cargo.toml ./bench/Cargo.toml
+COPY bench/src ./bench/src
+COPY benches ./benches
 # The registry and the target directory are BuildKit caches: after a source change only
 # confab itself compiles again, not its dependencies. The binary leaves the cache by a copy.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
