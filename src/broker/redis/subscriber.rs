@@ -299,7 +299,7 @@ impl Relay<'_> {
             .metrics
             .broker_delivery_lag_seconds
             .observe(lag_ms as f64 / 1000.0);
-        self.deliver(header.id, header.room, text.to_owned());
+        self.deliver(header.id, header.room, text);
         Ok(())
     }
 
@@ -421,8 +421,7 @@ impl Relay<'_> {
                 continue;
             };
             first.get_or_insert(id);
-            let room = header.room.to_owned();
-            self.deliver(id, &room, text);
+            self.deliver(id, header.room, &text);
             recovered += 1;
         }
         self.shared
@@ -432,7 +431,8 @@ impl Relay<'_> {
         Ok((recovered, first))
     }
 
-    fn deliver(&mut self, id: u64, room: &str, text: String) {
+    /// Hands one frame to the hub; [`Frame::new`] makes the one copy every socket shares.
+    fn deliver(&mut self, id: u64, room: &str, text: &str) {
         self.shared.hub.dispatch(room, &Frame::new(id, text));
         self.delivered[Partition::of_id(id).index()] = Some(id);
         self.shared.partitions.saw(id);
