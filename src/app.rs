@@ -297,6 +297,7 @@ impl Application {
     /// setting at fault.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         let bind = config.bind;
+        crate::file_limit::raise_open_file_limit(config.chat.max_connections);
         let state = AppState::new(config).await?;
         let listener =
             listen(bind).with_context(|| format!("cannot listen on {bind} (CONFAB_BIND)"))?;

@@ -11,6 +11,7 @@
 //! - [`telemetry`]: logging setup.
 //! - [`app`]: shared state, the router, and `Application` (bind, serve, drain).
 //! - [`server`]: the HTTP/1 accept loop, with header timeouts and size caps.
+//! - [`file_limit`]: the open-file limit, raised at start-up.
 //! - [`error`]: how failed HTTP handlers answer.
 //! - [`client`]: the client's address, host and scheme, through trusted proxies.
 //! - [`auth`]: sign-in/out, the signed user cookie, the `Origin` check.
@@ -36,6 +37,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod file_limit;
 pub mod history;
 pub mod hub;
 pub mod limits;

@@ -29,7 +29,21 @@ impl ConfabProcess {
 
     /// Starts `confab` as [`ConfabProcess::start`] does, in the working directory `dir`.
     pub async fn start_in(dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_confab"));
+        Self::start_wrapped(dir, &[], env).await
+    }
+
+    /// Starts `confab` as [`ConfabProcess::start_in`] does, through `wrapper` (a command that
+    /// runs the one it is given, e.g. `prlimit --nofile=512:4096 --`), when not empty.
+    pub async fn start_wrapped(dir: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> Self {
+        let confab = env!("CARGO_BIN_EXE_confab");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(confab);
+                command
+            }
+            None => Command::new(confab),
+        };
         command
             .current_dir(dir)
             .env_clear()
@@ -322,4 +336,34 @@ async fn a_static_dir_that_is_missing_or_lacks_app_js_stops_start_up() {
             "{dir}: {stderr:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_limit_and_a_short_one_is_reported() {
+    let process = ConfabProcess::start_wrapped(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["prlimit", "--nofile=512:4096", "--"],
+        &[("CONFAB_MAX_CONNECTIONS", "20000")],
+    )
+    .await;
+    let output = process.output();
+    assert!(
+        output.contains("raised the open-file limit limit=4096 previous=512"),
+        "{output}"
+    );
+    assert!(
+        output.contains("the open-file limit is below CONFAB_MAX_CONNECTIONS"),
+        "4,096 files cannot hold 20,000 sockets: {output}"
+    );
+    let roomy = ConfabProcess::start_wrapped(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["prlimit", "--nofile=512:4096", "--"],
+        &[("CONFAB_MAX_CONNECTIONS", "1000")],
+    )
+    .await;
+    assert!(
+        !roomy.output().contains("is below CONFAB_MAX_CONNECTIONS"),
+        "{}",
+        roomy.output()
+    );
 }
