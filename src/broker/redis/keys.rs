@@ -85,6 +85,16 @@ impl Partition {
         Self::new(index).filter(|partition| partition.tag() == tag)
     }
 
+    /// The id given out by the partition's counter value `counter`.
+    pub fn id(self, counter: u64) -> u64 {
+        counter * u64::from(PARTITIONS) + u64::from(self.0)
+    }
+
+    /// Its bit in a set of partitions kept as one `u128`.
+    pub fn bit(self) -> u128 {
+        1 << self.0
+    }
+
     /// Its number, `0..PARTITIONS`.
     pub fn index(self) -> usize {
         usize::from(self.0)
@@ -266,7 +276,11 @@ mod tests {
     fn ids_name_their_partition() {
         let room = RoomName::parse("general").unwrap();
         let partition = Partition::of(&room);
-        let id = 12_345 * u64::from(PARTITIONS) + partition.index() as u64;
+        let id = partition.id(12_345);
+        assert_eq!(
+            id,
+            12_345 * u64::from(PARTITIONS) + partition.index() as u64
+        );
         assert_eq!(Partition::of_id(id), partition);
     }
 }

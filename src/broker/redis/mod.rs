@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use self::connection::{Commands, Mode, Target};
+use self::connection::{Commands, Target};
 use self::keys::{Partition, registry};
 pub use self::partition::LINGER;
 use self::partition::PartitionTable;
@@ -99,12 +99,11 @@ struct Shared {
     session: String,
     /// The Redis named by `CONFAB_REDIS_URL`.
     target: Target,
-    /// One server or a cluster: known once Redis first answered.
-    mode: OnceLock<Mode>,
     /// Every command and script, multiplexed on one connection that reconnects by itself;
     /// set once Redis first answered.
     commands: OnceLock<Commands>,
-    /// The scripts, with this node's settings written in; set once the mode is known.
+    /// The scripts, with this node's settings written in; set once Redis first answered (one
+    /// server or a cluster decides the publish command).
     scripts: OnceLock<Scripts>,
     /// Each partition's keys, by partition number.
     keys: Vec<PartitionKeys>,
@@ -182,7 +181,6 @@ impl RedisBroker {
             node_id: config.node_id.clone(),
             session: format!("{:032x}", rand::random::<u128>()),
             target,
-            mode: OnceLock::new(),
             commands: OnceLock::new(),
             scripts: OnceLock::new(),
             keys: PartitionKeys::all(),
@@ -359,14 +357,9 @@ impl Shared {
         }
     }
 
-    /// The scripts, once the mode (and so the publish command) is known.
+    /// The scripts, once Redis first answered (which decides the publish command).
     fn scripts(&self) -> Result<&Scripts, BrokerError> {
         self.scripts.get().ok_or(BrokerError::Starting)
-    }
-
-    /// One server or a cluster, once known.
-    fn mode(&self) -> Option<Mode> {
-        self.mode.get().copied()
     }
 
     /// The command connection, once Redis first answered.
@@ -564,9 +557,7 @@ impl Shared {
                 .push(entry);
         }
         let scope = Partition::all().filter(|partition| {
-            everywhere
-                || touched & (1 << partition.index()) != 0
-                || by_partition.contains_key(partition)
+            everywhere || touched & partition.bit() != 0 || by_partition.contains_key(partition)
         });
         try_join_all(scope.map(|partition| {
             let mut call = self.common(partition).invoke_presence(&scripts.resync);
@@ -657,8 +648,7 @@ impl Shared {
     /// released with the full grace (users who reconnect elsewhere announce nothing).
     async fn deregister(&self) -> Result<i64, BrokerError> {
         let touched = self.local().touched;
-        let partitions =
-            Partition::all().filter(|partition| touched & (1 << partition.index()) != 0);
+        let partitions = Partition::all().filter(|partition| touched & partition.bit() != 0);
         let released = self
             .release_node(&self.node_id, self.leave_grace, partitions)
             .await?;
@@ -699,7 +689,7 @@ impl Shared {
 
 impl LocalPresence {
     fn touch(&mut self, room: &RoomName) {
-        self.touched |= 1 << Partition::of(room).index();
+        self.touched |= Partition::of(room).bit();
     }
 
     fn add(&mut self, room: &RoomName, user: &Identity) {
@@ -823,7 +813,6 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                     grace: shared.leave_grace,
                     publish_command: mode.publish_command(),
                 }));
-                let _ = shared.mode.set(mode);
                 let _ = shared.commands.set(commands);
                 break;
             }

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::connection::{Commands, Mode};
+use super::connection::Commands;
 use super::keys::{LEGACY_SEQ_KEY, PARTITIONS, Partition};
 use super::{COMMAND_TIMEOUT, MAX_BACKOFF, Shared};
 use crate::broker::BrokerError;
@@ -122,17 +122,17 @@ impl Relay<'_> {
         pushes: &mut mpsc::Receiver<PushInfo>,
     ) -> Result<(), BrokerError> {
         let shared = self.shared;
-        let mut transport = match (shared.mode(), shared.commands()) {
-            (Some(Mode::Cluster), Some(Commands::Cluster(connection))) => Transport::Cluster {
+        let mut transport = match shared.commands() {
+            Some(Commands::Cluster(connection)) => Transport::Cluster {
                 connection: connection.clone(),
                 pushes,
             },
-            (Some(Mode::Single), _) => {
+            Some(Commands::Single(_)) => {
                 let pubsub = timed(shared.target.first_client().get_async_pubsub()).await?;
                 let (sink, stream) = pubsub.split();
                 Transport::Single { sink, stream }
             }
-            _ => return Err(BrokerError::Starting),
+            None => return Err(BrokerError::Starting),
         };
         if !self.connected_once {
             // Ids given out by the one-channel layout (before partitions) stay below every
@@ -142,9 +142,7 @@ impl Relay<'_> {
                 .await?;
             shared.partitions.saw_everywhere(legacy.unwrap_or(0));
         }
-        let tracked: Vec<Partition> = Partition::all()
-            .filter(|partition| self.delivered[partition.index()].is_some())
-            .collect();
+        let tracked = self.tracked();
         if !tracked.is_empty() {
             // Subscribed first, then read Redis: whatever is published in between arrives
             // on both, and the relay drops the second copy.
@@ -208,19 +206,33 @@ impl Relay<'_> {
         }
     }
 
-    /// Catches up every subscribed partition whose newest id is past the last delivered.
-    async fn audit(&mut self) -> Result<(), BrokerError> {
-        let shared = self.shared;
-        let tracked: Vec<Partition> = Partition::all()
+    /// The partitions relayed now (subscribed, or to subscribe again after a reconnect).
+    fn tracked(&self) -> Vec<Partition> {
+        Partition::all()
             .filter(|partition| self.delivered[partition.index()].is_some())
-            .collect();
-        let newest = try_join_all(tracked.iter().map(|&partition| {
+            .collect()
+    }
+
+    /// Each of `partitions`' newest id (0 while its counter never gave one out), read together.
+    async fn newest_ids(&self, partitions: &[Partition]) -> Result<Vec<u64>, BrokerError> {
+        let shared = self.shared;
+        let counters = try_join_all(partitions.iter().map(|&partition| {
             let key = &shared.keys[partition.index()].seq;
             shared.query::<Option<u64>>(redis::cmd("GET").arg(key).clone())
         }))
         .await?;
-        for (partition, count) in tracked.into_iter().zip(newest) {
-            let newest = count.map_or(0, |count| count * STEP + partition.index() as u64);
+        Ok(partitions
+            .iter()
+            .zip(counters)
+            .map(|(partition, counter)| counter.map_or(0, |counter| partition.id(counter)))
+            .collect())
+    }
+
+    /// Catches up every subscribed partition whose newest id is past the last delivered.
+    async fn audit(&mut self) -> Result<(), BrokerError> {
+        let tracked = self.tracked();
+        let newest = self.newest_ids(&tracked).await?;
+        for (partition, newest) in tracked.into_iter().zip(newest) {
             if newest > self.delivered[partition.index()].unwrap_or(0) {
                 self.catch_up(partition).await?;
             }
@@ -247,13 +259,8 @@ impl Relay<'_> {
             transport.subscribe(shared, &plan.subscribe).await?;
             // Subscribed first, then the starting point: every frame after it is either
             // received or repaired, so sockets may take their snapshots from now on.
-            let newest = try_join_all(plan.subscribe.iter().map(|&partition| {
-                let key = &shared.keys[partition.index()].seq;
-                shared.query::<Option<u64>>(redis::cmd("GET").arg(key).clone())
-            }))
-            .await?;
-            for (&partition, count) in plan.subscribe.iter().zip(newest) {
-                let start = count.map_or(0, |count| count * STEP + partition.index() as u64);
+            let newest = self.newest_ids(&plan.subscribe).await?;
+            for (&partition, start) in plan.subscribe.iter().zip(newest) {
                 let delivered = &mut self.delivered[partition.index()];
                 *delivered = Some(delivered.unwrap_or(0).max(start));
                 shared.partitions.saw(start);
@@ -345,7 +352,7 @@ impl Relay<'_> {
             .shared
             .query(redis::cmd("GET").arg(key).clone())
             .await?;
-        let start = sequence_start.map(|count| count * STEP + partition.index() as u64);
+        let start = sequence_start.map(|counter| partition.id(counter));
         let never_given = match start {
             Some(start) if start > before + STEP => (start.min(next) - before) / STEP - 1,
             _ => 0,
