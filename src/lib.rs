@@ -18,7 +18,8 @@
 //! - [`user`]: user names, the user object, its shared JSON.
 //! - [`pages`]: HTML pages from templates, health and readiness.
 //! - [`assets`]: the page's static files, built in or from `CONFAB_STATIC_DIR`.
-//! - [`protocol`]: room names, server frames, chat checks, close codes.
+//! - [`room`]: room names.
+//! - [`protocol`]: server frames, what clients send, close codes.
 //! - [`ws`]: the WebSocket upgrade and the per-socket task.
 //! - [`ratelimit`]: the token bucket (per socket, per address).
 //! - [`limits`]: sockets per user and address, sign-ins per address.
@@ -46,6 +47,7 @@ pub mod pages;
 pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
+pub mod room;
 pub mod server;
 pub mod telemetry;
 pub mod upgrade;

@@ -1,292 +1,40 @@
-//! `GET /ws/chat`: the upgrade checks, and the task that runs one socket from its first frame
-//! to its close.
-//!
-//! After the upgrade one task runs the socket. It writes the opening (history, then `list`),
-//! then polls everything at once in one loop: the peer's frames (each text frame is checked,
-//! rate-limited and published through the broker), the socket's bounded outbound queue (every
-//! queued frame written before one flush), pings, and the idle, stall and drain deadlines on
-//! one timer. Whatever ends it, the close and the leave run in one place at the end. One task
-//! and no lock between a reading and a writing half keep an idle socket small.
-//!
-//! The task is generic over `Stream` and [`FrameSink`], so tests drive it through channels with
-//! tokio's paused clock (heartbeats, idle timeout) as well as through real sockets.
+//! One open socket's task: the opening (history, then `list`), the live loop (the peer's
+//! frames, the outbound queue, pings and deadlines in one hand-written poll) and the close.
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
-use std::time::Duration;
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use futures_util::future::Either;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use serde::Deserialize;
+use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
-use tracing::{Instrument, debug, info_span};
+use tracing::debug;
 use tungstenite::Message;
-use tungstenite::protocol::frame::Utf8Bytes;
-use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::app::{AppState, ConnectionSlot};
 use crate::broker::Broker;
-use crate::client::ClientInfo;
 use crate::hub::SocketLink;
-use crate::limits::{SocketLimitExceeded, SocketLimits, SocketPermit};
 use crate::metrics::{Metrics, Rejection};
 use crate::protocol::{
-    ChatText, ErrorCode, Frame, Incoming, InvalidRoomName, MAX_CLIENT_MESSAGE_BYTES, RoomName,
-    classify, close, close_message, list_frame, now_ms,
+    ChatText, ErrorCode, Frame, Incoming, RoomName, classify, close, close_message, list_frame,
+    now_ms,
 };
 use crate::ratelimit::TokenBucket;
-use crate::upgrade::SocketUpgrade;
 use crate::user::Identity;
 
-/// Frames a socket's outbound queue holds before the socket counts as a slow consumer and is
-/// closed with 1013. At a typical chat frame of 150–300 bytes that is 150–300 KiB; the
-/// reference-counted frames themselves are shared, so the queue costs 40 bytes a slot.
-pub const OUTBOUND_QUEUE_FRAMES: usize = 1024;
-/// How often the server pings every socket: under nginx's default 60 s `proxy_read_timeout`.
-pub const PING_INTERVAL: Duration = Duration::from_secs(25);
-/// A socket from which nothing (not even a pong) has come for this long is closed with 1001.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a closing socket may take to take its close frame, and to answer it.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A write that makes no progress for this long means the client stopped reading: the socket
-/// is closed as a slow consumer even if nothing more is queued for it.
-pub const WRITE_STALL_TIMEOUT: Duration = IDLE_TIMEOUT;
-/// The most frames written between two flushes.
-const WRITE_BATCH: usize = 512;
-/// The read buffer each socket starts with. Chat frames are small; a larger message grows
-/// it as needed, up to [`MAX_CLIENT_MESSAGE_BYTES`].
-const READ_BUFFER_BYTES: usize = 256;
-
-/// The WebSocket layer's settings for every socket: a small read buffer, client messages up
-/// to [`MAX_CLIENT_MESSAGE_BYTES`], and no write buffer of its own: every frame goes straight
-/// down to the [`WriteBuffer`](crate::write_buffer::WriteBuffer), which gathers a burst until
-/// the writer flushes and then lets its memory go.
-fn socket_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_message_size(Some(MAX_CLIENT_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES))
-}
-
-/// The query of `GET /ws/chat?room=R&since=N`; both optional.
-#[derive(Debug, Deserialize)]
-pub struct SocketParams {
-    room: Option<String>,
-    since: Option<String>,
-}
-
-/// What the upgrade learned about a socket, checked again once it is open (where a refusal
-/// can be a close code the page understands rather than an HTTP status).
-pub struct Opening {
-    /// The user named by a validly signed cookie, if any.
-    pub user: Option<Identity>,
-    /// The room asked for.
-    pub room: Result<RoomName, InvalidRoomName>,
-    /// The `since` asked for: absent, a number, or garbage.
-    pub since: Result<Option<u64>, ()>,
-    /// The socket's place under the per-user and per-address limits (`None` without a user).
-    pub permit: Option<Result<SocketPermit, SocketLimitExceeded>>,
-}
-
-impl Opening {
-    /// Reads the query parameters, and counts the socket against its user's and address's
-    /// limits.
-    pub fn new(
-        user: Option<Identity>,
-        params: SocketParams,
-        limits: &Arc<SocketLimits>,
-        client: &ClientInfo,
-    ) -> Self {
-        let room = params
-            .room
-            .as_deref()
-            .map_or_else(|| Ok(RoomName::lobby()), RoomName::parse);
-        let since = match params.since.as_deref() {
-            None | Some("") => Ok(None),
-            Some(raw) => raw.parse::<u64>().map(Some).map_err(drop),
-        };
-        let permit = user
-            .as_ref()
-            .map(|user| limits.acquire(user.id(), client.ip));
-        Self {
-            user,
-            room,
-            since,
-            permit,
-        }
-    }
-}
-
-/// `GET /ws/chat`: refuses a foreign `Origin` (403) and upgrades when the node has room for
-/// another socket (else 503), then runs the socket in a task tracked for graceful drain.
-pub async fn upgrade_socket(
-    State(state): State<AppState>,
-    Query(params): Query<SocketParams>,
-    client: ClientInfo,
-    headers: HeaderMap,
-    upgrade: SocketUpgrade,
-) -> Response {
-    if state.is_draining() {
-        state.metrics.reject(Rejection::Draining);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "This node is shutting down.\n",
-        )
-            .into_response();
-    }
-    if !state.origins.allows(&headers, client.host.as_deref()) {
-        state.metrics.reject(Rejection::BadOrigin);
-        return (StatusCode::FORBIDDEN, "Origin not allowed.\n").into_response();
-    }
-    let Some(slot) = state.connection_slot() else {
-        state.metrics.reject(Rejection::TooManyConnections);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Too many connections on this node.\n",
-        )
-            .into_response();
-    };
-    // Boxed: the upgrade task keeps its captures for the socket's whole life.
-    let opening = Box::new(Opening::new(
-        state.cookies.identify(&headers),
-        params,
-        &state.socket_limits,
-        &client,
-    ));
-    upgrade.on_upgrade(socket_config(), move |socket| {
-        let sockets = state.sockets.clone();
-        sockets.track_future(run_connection(socket, state, *opening, slot))
-    })
-}
-
-/// Why a socket was refused once open, and how it is told.
-struct Refusal {
-    code: u16,
-    reason: &'static str,
-    rejection: Rejection,
-}
-
-/// A socket that passed every check after the upgrade.
-struct Accepted {
-    user: Identity,
-    room: RoomName,
-    since: Option<u64>,
-    permit: Option<SocketPermit>,
-}
-
-impl Opening {
-    /// The checks after the upgrade, in the order the page expects their codes.
-    fn check(self) -> Result<Accepted, Refusal> {
-        let refuse = |code, rejection| Refusal {
-            code,
-            reason: close::reason(code),
-            rejection,
-        };
-        let user = self
-            .user
-            .ok_or_else(|| refuse(close::INVALID_USER, Rejection::InvalidUser))?;
-        let room = self
-            .room
-            .map_err(|_| refuse(close::INVALID_ROOM, Rejection::InvalidRoom))?;
-        let since = self
-            .since
-            .map_err(|()| refuse(close::INVALID_SINCE, Rejection::InvalidSince))?;
-        let permit = match self.permit {
-            None => None,
-            Some(Ok(permit)) => Some(permit),
-            Some(Err(SocketLimitExceeded::PerUser)) => {
-                return Err(Refusal {
-                    code: close::POLICY_VIOLATION,
-                    reason: "Too many connections for this user",
-                    rejection: Rejection::TooManySocketsForUser,
-                });
-            }
-            Some(Err(SocketLimitExceeded::PerAddress)) => {
-                return Err(Refusal {
-                    code: close::POLICY_VIOLATION,
-                    reason: "Too many connections from this address",
-                    rejection: Rejection::TooManySocketsFromAddress,
-                });
-            }
-        };
-        Ok(Accepted {
-            user,
-            room,
-            since,
-            permit,
-        })
-    }
-}
-
-/// A WebSocket's sending side as the socket task uses it: tungstenite's messages for pings and
-/// closes, and event frames handed down already encoded ([`Frame::wire`]).
-pub trait FrameSink: Sink<Message> + Unpin {
-    /// Hands `frame` down whole, or not at all (`Pending`): nothing may come between its
-    /// bytes. The default sends its text as one text message; the server's own socket puts
-    /// the encoded bytes into its write buffer (see [`crate::upgrade`]).
-    fn poll_send_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-        frame: &Frame,
-    ) -> Poll<Result<(), Self::Error>> {
-        ready!(self.poll_ready_unpin(cx))?;
-        Poll::Ready(self.start_send_unpin(Message::Text(frame.text())))
-    }
-}
-
-/// Runs one socket: the checks after the upgrade, the join, the live loop, and cleanup.
-///
-/// Every way out counts the close in `confab_disconnects_total` and, once the socket joined,
-/// leaves the room through the broker. Not an `async fn`: the checks run here, before any
-/// future exists, so the returned future carries only what the socket's life needs — an idle
-/// socket's task stays small (see BENCHMARKS.md).
-pub fn run_connection<S, E>(
-    socket: S,
-    state: AppState,
-    opening: Opening,
-    slot: ConnectionSlot,
-) -> impl Future<Output = ()> + Send + 'static
-where
-    S: Stream<Item = Result<Message, E>> + FrameSink<Error = E> + Send + 'static,
-    E: StdError + Send + Sync + 'static,
-{
-    match opening.check() {
-        Err(refusal) => Either::Left(refuse(socket, state, refusal, slot)),
-        Ok(accepted) => {
-            let span = info_span!("socket", room.id = %accepted.room, user.id = %accepted.user.id(), conn.id = slot.id());
-            Either::Right(serve(socket, state, accepted, slot).instrument(span))
-        }
-    }
-}
-
-/// Closes a refused socket with its code and reason, and counts it.
-async fn refuse<W, E>(mut sink: W, state: AppState, refusal: Refusal, slot: ConnectionSlot)
-where
-    W: Sink<Message, Error = E> + Unpin,
-{
-    state.metrics.reject(refusal.rejection);
-    state.metrics.disconnect(refusal.code);
-    let close = Message::Close(Some(CloseFrame {
-        code: refusal.code.into(),
-        reason: Utf8Bytes::from_static(refusal.reason),
-    }));
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close)).await;
-    drop(slot);
-}
+use super::admission::Accepted;
+use super::{
+    CLOSE_TIMEOUT, FrameSink, IDLE_TIMEOUT, OUTBOUND_QUEUE_FRAMES, PING_INTERVAL, WRITE_BATCH,
+    WRITE_STALL_TIMEOUT,
+};
 
 /// An accepted socket, from its join to its leave.
 ///
 /// Not an `async fn`: the [`Socket`] is built before the `async` block. A block keeps room for
 /// what it captures for its whole life, so it captures the socket whole, once, rather than the
 /// parts the socket is made of beside the socket itself.
-fn serve<S, E>(
+pub(super) fn serve<S, E>(
     ws: S,
     state: AppState,
     accepted: Accepted,
