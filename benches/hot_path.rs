@@ -52,7 +52,7 @@ fn fan_out(c: &mut Criterion) {
             .collect();
         let _registrations: Vec<_> = links
             .iter()
-            .map(|link| hub.register(&room, link.clone()))
+            .map(|link| hub.register(&room, &identity(), link.clone()))
             .collect();
         let frame = Frame::new(
             1,

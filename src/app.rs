@@ -21,6 +21,7 @@ use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::{info, warn};
 
+use crate::api;
 use crate::assets;
 use crate::auth::{self, CookieCodec, OriginPolicy};
 use crate::broker::{Broker, MemoryBroker, NodeBroker, RedisBroker};
@@ -222,7 +223,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/chat", get(ws::upgrade_socket))
         .route("/healthz", get(pages::show_health))
         .route("/readyz", get(pages::show_readiness))
-        .route("/metrics", get(metrics::show_metrics));
+        .route("/metrics", get(metrics::show_metrics))
+        .nest("/api", api::router());
     let routes = match &state.config.static_dir {
         // The files built into the binary: found whatever the working directory.
         None => routes.route("/static/{*path}", get(assets::get_asset)),

@@ -45,6 +45,12 @@ struct Cli {
     /// chat/join/left frames kept per room and replayed to a joining socket.
     #[arg(long, env = "CONFAB_HISTORY", default_value = "50")]
     history: String,
+    /// Chat messages each room retains for scrollback (at least CONFAB_HISTORY).
+    #[arg(long, env = "CONFAB_RETAIN_MESSAGES", default_value = "1000")]
+    retain_messages: String,
+    /// Days a chat message is retained for scrollback; older ones are dropped.
+    #[arg(long, env = "CONFAB_RETAIN_DAYS", default_value = "30")]
+    retain_days: String,
     /// Longest chat message accepted, in Unicode scalar values after trimming.
     #[arg(long, env = "CONFAB_MAX_MESSAGE_CHARS", default_value = "2000")]
     max_message_chars: String,
@@ -112,6 +118,10 @@ impl std::fmt::Debug for BrokerConfig {
 pub struct ChatConfig {
     /// `CONFAB_HISTORY`: frames kept per room and replayed on connect.
     pub history: usize,
+    /// `CONFAB_RETAIN_MESSAGES`: chat messages each room retains for scrollback.
+    pub retain_messages: usize,
+    /// `CONFAB_RETAIN_DAYS`, as a duration: how long a chat message is retained.
+    pub retain_for: Duration,
     /// `CONFAB_MAX_MESSAGE_CHARS`: longest chat message, in Unicode scalar values.
     pub max_message_chars: usize,
     /// `CONFAB_LEAVE_GRACE_MS`: how long a user may be gone before `left`.
@@ -287,6 +297,24 @@ impl Config {
             setting: name("history", "CONFAB_HISTORY"),
             problem,
         })?;
+        let retain_messages =
+            parse_number(&cli.retain_messages, 0, 100_000).map_err(|problem| ConfigError {
+                setting: name("retain_messages", "CONFAB_RETAIN_MESSAGES"),
+                problem,
+            })?;
+        if retain_messages < history {
+            return Err(ConfigError {
+                setting: name("retain_messages", "CONFAB_RETAIN_MESSAGES"),
+                problem: format!(
+                    "{retain_messages} is below CONFAB_HISTORY ({history}): a room must retain at least what it replays"
+                ),
+            });
+        }
+        let retain_days =
+            parse_number(&cli.retain_days, 1, 3650).map_err(|problem| ConfigError {
+                setting: name("retain_days", "CONFAB_RETAIN_DAYS"),
+                problem,
+            })?;
         let max_message_chars =
             parse_number(&cli.max_message_chars, 1, MAX_CLIENT_MESSAGE_BYTES as u64).map_err(
                 |problem| ConfigError {
@@ -357,6 +385,8 @@ impl Config {
             allowed_origins,
             chat: ChatConfig {
                 history: history as usize,
+                retain_messages: retain_messages as usize,
+                retain_for: Duration::from_secs(retain_days * 24 * 3600),
                 max_message_chars: max_message_chars as usize,
                 leave_grace: Duration::from_millis(leave_grace_ms),
                 max_connections: max_connections as usize,
@@ -385,6 +415,8 @@ impl Config {
             allowed_origins: Vec::new(),
             chat: ChatConfig {
                 history: 50,
+                retain_messages: 1000,
+                retain_for: Duration::from_secs(30 * 24 * 3600),
                 max_message_chars: 2000,
                 leave_grace: Duration::ZERO,
                 max_connections: 20_000,
@@ -572,6 +604,11 @@ mod tests {
             (&["--bind", "nowhere"][..], "--bind"),
             (&["--history", "abc"], "--history"),
             (&["--history=-1"], "--history"),
+            (
+                &["--retain-messages", "10", "--history", "50"],
+                "--retain-messages",
+            ),
+            (&["--retain-days", "0"], "--retain-days"),
             (&["--max-message-chars", "0"], "--max-message-chars"),
             (&["--leave-grace-ms", "soon"], "--leave-grace-ms"),
             (&["--secret", "short"], "--secret"),
@@ -674,6 +711,8 @@ mod tests {
         assert_eq!(config.chat.history, 50);
         assert_eq!(config.chat.max_message_chars, 2000);
         assert_eq!(config.chat.leave_grace, Duration::from_millis(5000));
+        assert_eq!(config.chat.retain_messages, 1000);
+        assert_eq!(config.chat.retain_for, Duration::from_secs(30 * 24 * 3600));
         assert!(
             config
                 .node_id

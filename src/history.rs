@@ -1,4 +1,4 @@
-//! The last `CONFAB_HISTORY` chat/join/left frames of a room, as the embedded broker keeps them.
+//! The last `CONFAB_HISTORY` chat/join/left/edit/delete frames of a room, as the embedded broker keeps them.
 //!
 //! A joining socket replays them before its `list` (contract guarantee 2). The Redis broker
 //! keeps the same thing in a Redis list; both hand out [`Frame`]s that are shared, not copied.
@@ -47,6 +47,18 @@ impl RoomHistory {
         let since = since.unwrap_or(0);
         let start = self.frames.partition_point(|frame| frame.id() <= since);
         self.frames.range(start..).cloned().collect()
+    }
+
+    /// Puts `frame` in place of the held frame with its id (an edited or deleted chat message
+    /// shows in its latest state). Returns whether it was held.
+    pub fn replace(&mut self, frame: Frame) -> bool {
+        match self.frames.binary_search_by_key(&frame.id(), Frame::id) {
+            Ok(index) => {
+                self.frames[index] = frame;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Whether nothing is held.

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::protocol::{Frame, RoomName, close};
+use crate::user::Identity;
 
 /// The link between one socket's task and everything that talks to it: its bounded outbound
 /// queue (filled by the hub and by the socket's own `error` frames, drained by its write
@@ -200,6 +201,8 @@ impl Wake for SocketLink {
 /// One socket's entry in a room.
 struct Subscriber {
     key: u64,
+    /// Its user: a `typing` frame skips its typist's own sockets.
+    user: Identity,
     link: Arc<SocketLink>,
 }
 
@@ -223,12 +226,21 @@ impl Hub {
 
     /// Adds a socket to `room`: from now on every frame dispatched to the room is queued on
     /// its `link`. The socket leaves the room when the returned [`Registration`] drops.
-    pub fn register(self: &Arc<Self>, room: &RoomName, link: Arc<SocketLink>) -> Registration {
+    pub fn register(
+        self: &Arc<Self>,
+        room: &RoomName,
+        user: &Identity,
+        link: Arc<SocketLink>,
+    ) -> Registration {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         self.lock()
             .entry(room.clone())
             .or_default()
-            .push(Subscriber { key, link });
+            .push(Subscriber {
+                key,
+                user: user.clone(),
+                link,
+            });
         Registration {
             hub: Arc::clone(self),
             room: room.clone(),
@@ -239,12 +251,25 @@ impl Hub {
     /// Queues `frame` on every socket in `room`. Never waits: a full queue closes that socket
     /// with 1013 instead.
     pub fn dispatch(&self, room: &str, frame: &Frame) {
+        self.dispatch_to(room, frame, None);
+    }
+
+    /// Queues a `typing` frame on every socket in `room` but the typist's own (`typist` is
+    /// the user id).
+    pub fn dispatch_typing(&self, room: &str, frame: &Frame, typist: &str) {
+        self.dispatch_to(room, frame, Some(typist));
+    }
+
+    fn dispatch_to(&self, room: &str, frame: &Frame, skip_user: Option<&str>) {
         let mut rooms = self.lock();
         let Some(subscribers) = rooms.get_mut(room) else {
             return;
         };
         subscribers.retain(|subscriber| {
             let link = &subscriber.link;
+            if skip_user.is_some_and(|user| user == subscriber.user.id()) {
+                return !link.is_closed();
+            }
             if link.is_closed() {
                 // Closing: it takes no more frames, and its task will unregister it.
                 return false;
@@ -322,6 +347,14 @@ mod tests {
         Arc::new(SocketLink::new(capacity))
     }
 
+    fn user(id: &str) -> Identity {
+        Identity::new(crate::user::User {
+            id: id.into(),
+            name: id.into(),
+            image: String::new(),
+        })
+    }
+
     fn queued_ids(link: &SocketLink) -> Vec<u64> {
         let mut batch = VecDeque::new();
         link.take_queued(&mut batch);
@@ -334,9 +367,9 @@ mod tests {
         let lobby = RoomName::lobby();
         let other = RoomName::parse("other").unwrap();
         let (a, b, c) = (link(4), link(4), link(4));
-        let _a = hub.register(&lobby, a.clone());
-        let _b = hub.register(&lobby, b.clone());
-        let _c = hub.register(&other, c.clone());
+        let _a = hub.register(&lobby, &user("u"), a.clone());
+        let _b = hub.register(&lobby, &user("u"), b.clone());
+        let _c = hub.register(&other, &user("u"), c.clone());
         hub.dispatch("lobby", &Frame::new(1, "one"));
         assert_eq!(queued_ids(&a), [1]);
         assert_eq!(queued_ids(&b), [1]);
@@ -344,12 +377,26 @@ mod tests {
     }
 
     #[test]
+    fn typing_reaches_everyone_in_the_room_but_the_typist() {
+        let hub = hub();
+        let lobby = RoomName::lobby();
+        let (ann_tab1, ann_tab2, bob) = (link(4), link(4), link(4));
+        let _a = hub.register(&lobby, &user("ann"), ann_tab1.clone());
+        let _b = hub.register(&lobby, &user("ann"), ann_tab2.clone());
+        let _c = hub.register(&lobby, &user("bob"), bob.clone());
+        hub.dispatch_typing("lobby", &Frame::new(0, "typing"), "ann");
+        assert!(queued_ids(&ann_tab1).is_empty());
+        assert!(queued_ids(&ann_tab2).is_empty());
+        assert_eq!(queued_ids(&bob), [0]);
+    }
+
+    #[test]
     fn a_full_queue_closes_only_that_socket_with_1013() {
         let hub = hub();
         let lobby = RoomName::lobby();
         let (slow, fast) = (link(1), link(8));
-        let _slow = hub.register(&lobby, slow.clone());
-        let _fast = hub.register(&lobby, fast.clone());
+        let _slow = hub.register(&lobby, &user("u"), slow.clone());
+        let _fast = hub.register(&lobby, &user("u"), fast.clone());
         for id in 1..=3 {
             hub.dispatch("lobby", &Frame::new(id, "x"));
         }
@@ -366,7 +413,7 @@ mod tests {
     #[test]
     fn rooms_are_forgotten_when_their_last_socket_goes() {
         let hub = hub();
-        let registration = hub.register(&RoomName::lobby(), link(1));
+        let registration = hub.register(&RoomName::lobby(), &user("u"), link(1));
         assert_eq!(hub.room_count(), 1);
         drop(registration);
         assert_eq!(hub.room_count(), 0);

@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`config`]: `CONFAB_*` settings and their checks.
 //! - [`telemetry`]: logging setup.
+//! - [`api`]: `/api`, JSON over HTTP: scrollback.
 //! - [`app`]: shared state, the router, and `Application` (bind, serve, drain).
 //! - [`server`]: the HTTP/1 accept loop, with header timeouts and size caps.
 //! - [`file_limit`]: the open-file limit, raised at start-up.
@@ -27,10 +28,14 @@
 //! - [`broker`]: ids, history, presence and delivery between nodes; memory and Redis.
 //! - [`presence`]: the per-user presence rules, as the embedded broker keeps them.
 //! - [`history`]: a room's recent frames, as the embedded broker keeps them.
+//! - [`retained`]: a room's retained chat messages for scrollback, as the embedded broker
+//!   keeps them.
+//! - [`moderation`]: who may edit or delete a chat message, and how it is done.
 //! - [`metrics`]: Prometheus metrics and `/metrics`.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod assets;
 pub mod auth;
@@ -43,10 +48,12 @@ pub mod history;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod moderation;
 pub mod pages;
 pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
+pub mod retained;
 pub mod room;
 pub mod server;
 pub mod telemetry;

@@ -91,11 +91,17 @@ pub enum Rejection {
     SigninRateLimited,
     /// A cross-site sign-in or sign-out (CSRF).
     CrossSite,
+    /// A `v=2` text frame that is no command.
+    BadCommand,
+    /// An edit or delete of someone else's message.
+    Forbidden,
+    /// An edit or delete of a message the room does not retain.
+    NotFound,
 }
 
 impl Rejection {
     /// Every reason, so that each is exported (as 0) from the start.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 19] = [
         Self::TooLong,
         Self::RateLimited,
         Self::Unavailable,
@@ -112,6 +118,9 @@ impl Rejection {
         Self::TooManySocketsFromAddress,
         Self::SigninRateLimited,
         Self::CrossSite,
+        Self::BadCommand,
+        Self::Forbidden,
+        Self::NotFound,
     ];
 
     /// The label value.
@@ -133,6 +142,9 @@ impl Rejection {
             Self::TooManySocketsFromAddress => "too_many_sockets_from_address",
             Self::SigninRateLimited => "signin_rate_limited",
             Self::CrossSite => "cross_site",
+            Self::BadCommand => "bad_command",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
         }
     }
 }

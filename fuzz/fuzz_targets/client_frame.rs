@@ -1,12 +1,16 @@
 //! What a client sends over its socket, and what nodes read back from Redis, are untrusted
-//! bytes. `classify` must turn any client message into one of its cases — a chat text always
-//! trimmed, non-empty and within the limit — and the frame readers must never panic.
+//! bytes. `classify` must turn any client message into one of its cases in either dialect,
+//! `check_chat_text` must pass only texts trimmed, non-empty and within the limit, and the
+//! frame readers must never panic.
 #![no_main]
 
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::Utf8Bytes;
-use confab::protocol::{ChatText, Incoming, classify, frame_id, parse_frame_header, splice_id};
+use confab::protocol::{
+    ChatText, Command, Dialect, Incoming, RetainedChat, check_chat_text, classify, frame_id,
+    parse_frame_header, splice_id,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,15 +29,38 @@ fuzz_target!(|data: &[u8]| {
         3 => Message::Ping(bytes::Bytes::copy_from_slice(rest)),
         _ => Message::Pong(bytes::Bytes::copy_from_slice(rest)),
     };
-    match classify(&message, max_chars) {
-        Incoming::Chat(ChatText::Valid(chat)) => {
-            assert!(!chat.is_empty());
-            assert_eq!(chat, chat.trim());
-            assert!(chat.chars().count() <= max_chars);
+    let dialect = if kind & 8 == 0 { Dialect::Text } else { Dialect::Commands };
+    let texts: Vec<String> = match classify(&message, dialect) {
+        Incoming::Command(Command::Chat(text)) => vec![text.into_owned()],
+        Incoming::Command(Command::Edit { id, text }) => {
+            assert!(id > 0);
+            vec![text.into_owned()]
         }
-        Incoming::Chat(ChatText::TooLong) => assert!(text.trim().chars().count() > max_chars),
-        Incoming::Chat(ChatText::Empty) => assert!(text.trim().is_empty()),
-        Incoming::Binary | Incoming::Close(_) | Incoming::Control => {}
+        Incoming::Command(Command::Delete { id }) => {
+            assert!(id > 0);
+            vec![]
+        }
+        Incoming::Command(Command::Typing)
+        | Incoming::BadCommand
+        | Incoming::Binary
+        | Incoming::Close(_)
+        | Incoming::Control => vec![],
+    };
+    for text in texts.iter().chain([&text]) {
+        match check_chat_text(text, max_chars) {
+            ChatText::Valid(chat) => {
+                assert!(!chat.is_empty());
+                assert_eq!(chat, chat.trim());
+                assert!(chat.chars().count() <= max_chars);
+            }
+            ChatText::TooLong => assert!(text.trim().chars().count() > max_chars),
+            ChatText::Empty => assert!(text.trim().is_empty()),
+        }
+    }
+    // A retained frame read back from Redis: never a panic, and a rewrite stays readable.
+    if let Some(chat) = RetainedChat::parse(&text) {
+        let edited = chat.edited_to("x");
+        assert!(RetainedChat::parse(&edited).is_some_and(|again| again.edited));
     }
 
     // Frames read back from Redis: never a panic, and the id prefix reads what was spliced.

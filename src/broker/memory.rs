@@ -1,9 +1,11 @@
 //! The embedded broker: one node, everything in this process, no Redis.
 //!
-//! One mutex guards the id counter and every room's history and presence. Publishing takes it,
-//! gives the frame the next id, appends it to history and hands it to the hub while still
-//! holding it, so dispatch order is id order and a joining socket's snapshot (taken under the
-//! same lock) is exact. Nothing under the lock awaits; fan-out only pushes onto bounded queues.
+//! One mutex guards the id counter and every room's history, retained messages and presence.
+//! Publishing takes it, gives the frame the next id, appends it to history (and a chat to the
+//! retained messages) and hands it to the hub while still holding it, so dispatch order is id
+//! order and a joining socket's snapshot (taken under the same lock) is exact. An edit or
+//! delete swaps the message's frame and publishes its announcement under the same lock. Nothing
+//! under the lock awaits; fan-out only pushes onto bounded queues.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -12,18 +14,23 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::{Broker, BrokerError, Snapshot};
+use super::{Amendment, Broker, BrokerError, ScrollbackPage, Snapshot, TYPING_INTERVAL};
 use crate::config::ChatConfig;
 use crate::history::RoomHistory;
 use crate::hub::Hub;
 use crate::presence::{Arrival, Departure, LeaveTicket, RoomPresence};
-use crate::protocol::{EventKind, RoomName, event_body, now_ms, now_us, splice_id};
+use crate::protocol::{
+    EventKind, Frame, RoomName, event_body, now_ms, now_us, splice_id, typing_frame,
+};
+use crate::retained::RetainedMessages;
 use crate::user::Identity;
 
-/// How long a room nobody is in keeps its history.
+/// How long a room nobody is in keeps its history, once it retains no message.
 pub const IDLE_ROOM_RETENTION: Duration = Duration::from_secs(24 * 3600);
-/// The most rooms without members kept at once; beyond it the longest-idle go first.
-pub const MAX_IDLE_ROOMS: usize = 10_000;
+/// The most rooms without members kept at once; beyond it the longest-idle go first. Each may
+/// retain up to `CONFAB_RETAIN_MESSAGES` messages, so this bounds the broker's memory
+/// (`docs/scaling.md`).
+pub const MAX_IDLE_ROOMS: usize = 1_000;
 /// How often idle rooms are looked for.
 const JANITOR_PERIOD: Duration = Duration::from_secs(60);
 
@@ -36,6 +43,8 @@ struct Shared {
     state: Mutex<State>,
     hub: Arc<Hub>,
     history_len: usize,
+    retain_messages: usize,
+    retain_for: Duration,
     leave_grace: Duration,
 }
 
@@ -44,10 +53,14 @@ struct State {
     last_id: u64,
     next_ticket: LeaveTicket,
     rooms: HashMap<RoomName, Room>,
+    /// When each user last had a `typing` frame sent on, per room; entries older than
+    /// [`TYPING_INTERVAL`] are dropped by the janitor.
+    typing: HashMap<(RoomName, String), Instant>,
 }
 
 struct Room {
     history: RoomHistory,
+    retained: RetainedMessages,
     presence: RoomPresence,
     /// When the room last became empty; `None` while anyone is listed.
     idle_since: Option<Instant>,
@@ -62,9 +75,12 @@ impl MemoryBroker {
                 last_id: now_us(),
                 next_ticket: 1,
                 rooms: HashMap::new(),
+                typing: HashMap::new(),
             }),
             hub,
             history_len: chat.history,
+            retain_messages: chat.retain_messages,
+            retain_for: chat.retain_for,
             leave_grace: chat.leave_grace,
         });
         tokio::spawn(run_janitor(Arc::downgrade(&shared)));
@@ -85,9 +101,10 @@ impl Shared {
 }
 
 impl State {
-    fn room(&mut self, name: &RoomName, history_len: usize) -> &mut Room {
+    fn room(&mut self, name: &RoomName, shared: &Shared) -> &mut Room {
         self.rooms.entry(name.clone()).or_insert_with(|| Room {
-            history: RoomHistory::new(history_len),
+            history: RoomHistory::new(shared.history_len),
+            retained: RetainedMessages::new(shared.retain_messages, shared.retain_for),
             presence: RoomPresence::default(),
             idle_since: None,
         })
@@ -102,21 +119,30 @@ impl State {
         user: &RawValue,
         data: &str,
     ) -> u64 {
+        let ts = now_ms();
+        let (id, frame) = self.emit(shared, room, &event_body(kind, room, user, data, ts));
+        if kind == EventKind::Chat {
+            self.room(room, shared).retained.push(frame, ts);
+        }
+        id
+    }
+
+    /// Gives `body` (an event frame without its id) the next id, keeps it in history and hands
+    /// it to the hub.
+    fn emit(&mut self, shared: &Shared, room: &RoomName, body: &str) -> (u64, Frame) {
         self.last_id += 1;
         let id = self.last_id;
-        let frame = splice_id(id, &event_body(kind, room, user, data, now_ms()));
-        self.room(room, shared.history_len)
-            .history
-            .push(frame.clone());
+        let frame = splice_id(id, body);
+        self.room(room, shared).history.push(frame.clone());
         shared.hub.dispatch(room.as_str(), &frame);
-        id
+        (id, frame)
     }
 
     /// Announces `left` for `user` and marks the room idle if it emptied.
     fn announce_left(&mut self, shared: &Shared, room: &RoomName, user: &Identity) {
         let data = format!("{} left.", user.user().name);
         self.publish(shared, room, EventKind::Left, user.json(), &data);
-        let entry = self.room(room, shared.history_len);
+        let entry = self.room(room, shared);
         if entry.presence.is_empty() {
             entry.idle_since = Some(Instant::now());
         }
@@ -136,6 +162,71 @@ impl Broker for MemoryBroker {
             .publish(shared, room, EventKind::Chat, user.json(), text))
     }
 
+    async fn typing(&self, room: &RoomName, user: &Identity) -> Result<(), BrokerError> {
+        let shared = &*self.shared;
+        let now = Instant::now();
+        let mut state = shared.lock();
+        let last = state
+            .typing
+            .entry((room.clone(), user.id().to_owned()))
+            .or_insert(now - TYPING_INTERVAL);
+        if now.duration_since(*last) < TYPING_INTERVAL {
+            return Ok(());
+        }
+        *last = now;
+        drop(state);
+        let frame = typing_frame(room, user.json(), now_ms());
+        shared.hub.dispatch_typing(room.as_str(), &frame, user.id());
+        Ok(())
+    }
+
+    async fn retained(&self, room: &RoomName, id: u64) -> Result<Option<String>, BrokerError> {
+        let state = self.shared.lock();
+        Ok(state
+            .rooms
+            .get(room)
+            .and_then(|entry| entry.retained.get(id, now_ms()))
+            .map(|frame| frame.text().to_string()))
+    }
+
+    async fn amend(
+        &self,
+        room: &RoomName,
+        change: &Amendment<'_>,
+    ) -> Result<Option<u64>, BrokerError> {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        let Some(entry) = state.rooms.get_mut(room) else {
+            return Ok(None);
+        };
+        let unchanged = entry
+            .retained
+            .get(change.target, now_ms())
+            .is_some_and(|frame| frame.text() == change.expected);
+        if !unchanged {
+            return Ok(None);
+        }
+        let replacement = Frame::new(change.target, change.replacement);
+        entry.retained.replace(replacement.clone());
+        entry.history.replace(replacement);
+        let (id, _) = state.emit(shared, room, change.event);
+        Ok(Some(id))
+    }
+
+    async fn scrollback(
+        &self,
+        room: &RoomName,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<ScrollbackPage, BrokerError> {
+        let state = self.shared.lock();
+        Ok(state
+            .rooms
+            .get(room)
+            .map(|entry| entry.retained.page(before, limit, now_ms()))
+            .unwrap_or_default())
+    }
+
     async fn join(
         &self,
         room: &RoomName,
@@ -144,14 +235,14 @@ impl Broker for MemoryBroker {
     ) -> Result<Snapshot, BrokerError> {
         let shared = &*self.shared;
         let mut state = shared.lock();
-        let entry = state.room(room, shared.history_len);
+        let entry = state.room(room, shared);
         entry.idle_since = None;
         if entry.presence.arrive(user) == Arrival::Joined {
             let data = format!("{} joined.", user.user().name);
             state.publish(shared, room, EventKind::Join, user.json(), &data);
         }
         let seen_up_to = state.last_id;
-        let entry = state.room(room, shared.history_len);
+        let entry = state.room(room, shared);
         Ok(Snapshot {
             history: entry.history.replay(since),
             members: entry.presence.members(),
@@ -209,8 +300,10 @@ async fn finish_leave(shared: Weak<Shared>, room: RoomName, user_id: String, tic
     state.announce_left(&shared, &room, &user);
 }
 
-/// Forgets rooms that have been empty for [`IDLE_ROOM_RETENTION`], and the longest-idle ones
-/// beyond [`MAX_IDLE_ROOMS`], so the room map shrinks again when people go.
+/// Drops retained messages past `CONFAB_RETAIN_DAYS`; forgets rooms that have been empty for
+/// [`IDLE_ROOM_RETENTION`] and retain no message, and the longest-idle ones beyond
+/// [`MAX_IDLE_ROOMS`], so the room map shrinks again when people go; and forgets who typed
+/// more than [`TYPING_INTERVAL`] ago.
 async fn run_janitor(shared: Weak<Shared>) {
     let mut ticks = tokio::time::interval(JANITOR_PERIOD);
     loop {
@@ -228,10 +321,15 @@ async fn run_janitor(shared: Weak<Shared>) {
 }
 
 fn evict_idle_rooms(state: &mut State, now: Instant, retention: Duration, max_idle: usize) {
+    let now_ms = now_ms();
     state.rooms.retain(|_, room| {
+        room.retained.expire(now_ms);
         room.idle_since
-            .is_none_or(|since| now.duration_since(since) < retention)
+            .is_none_or(|since| now.duration_since(since) < retention || !room.retained.is_empty())
     });
+    state
+        .typing
+        .retain(|_, last| now.duration_since(*last) < TYPING_INTERVAL);
     let mut idle: Vec<(Instant, RoomName)> = state
         .rooms
         .iter()
@@ -256,6 +354,8 @@ mod tests {
     fn chat_config(grace_ms: u64) -> ChatConfig {
         ChatConfig {
             history: 3,
+            retain_messages: 5,
+            retain_for: Duration::from_secs(3600),
             max_message_chars: 2000,
             leave_grace: Duration::from_millis(grace_ms),
             max_connections: 100,
@@ -321,7 +421,7 @@ mod tests {
         let hub = Arc::new(Hub::new(Metrics::new("t")));
         let broker = MemoryBroker::new(hub.clone(), &chat_config(0));
         let link = Arc::new(SocketLink::new(16));
-        let _registration = hub.register(&RoomName::lobby(), link.clone());
+        let _registration = hub.register(&RoomName::lobby(), &identity("ann"), link.clone());
         let ann = identity("ann");
         broker.join(&RoomName::lobby(), &ann, None).await.unwrap();
         broker

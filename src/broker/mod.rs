@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use crate::protocol::{Frame, RoomName};
+pub use crate::retained::ScrollbackPage;
 use crate::user::Identity;
 
 pub mod memory;
@@ -35,6 +36,23 @@ pub struct Snapshot {
     /// The newest id given out when the snapshot was taken: in the room's partition on Redis,
     /// in any room on the embedded broker.
     pub seen_up_to: u64,
+}
+
+/// The shortest time between two `typing` frames of one user in one room.
+pub const TYPING_INTERVAL: Duration = Duration::from_secs(2);
+
+/// An edit or delete of a retained chat message, as a broker applies it (see
+/// [`Broker::amend`]); made by [`crate::moderation`].
+#[derive(Debug)]
+pub struct Amendment<'a> {
+    /// The chat message changed.
+    pub target: u64,
+    /// Its retained frame as read: the change applies only if it is still this.
+    pub expected: &'a str,
+    /// Its retained frame from now on.
+    pub replacement: &'a str,
+    /// The `edit` or `delete` frame announcing it, without its id ([`crate::protocol::event_body`]).
+    pub event: &'a str,
 }
 
 /// Why the broker could not do what was asked. Only the Redis broker fails; the socket answers
@@ -70,6 +88,54 @@ pub trait Broker: Send + Sync {
         user: &Identity,
         text: &str,
     ) -> impl Future<Output = Result<u64, BrokerError>> + Send;
+
+    /// Tells the room's other sockets, on every node, that `user` is typing: a `typing` frame
+    /// with id 0, never stored. At most one per user and room per [`TYPING_INTERVAL`] goes
+    /// out; the rest are dropped without an error (the user is typing either way).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker is unreachable.
+    fn typing(
+        &self,
+        room: &RoomName,
+        user: &Identity,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// The retained chat frame with this id, in its latest state; `None` when the room does
+    /// not retain it (never sent, or past `CONFAB_RETAIN_MESSAGES`/`CONFAB_RETAIN_DAYS`).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker is unreachable.
+    fn retained(
+        &self,
+        room: &RoomName,
+        id: u64,
+    ) -> impl Future<Output = Result<Option<String>, BrokerError>> + Send;
+
+    /// Applies an edit or delete: if the retained frame of `change.target` is still exactly
+    /// `change.expected`, puts `change.replacement` in its place (in retained messages and
+    /// history) and publishes `change.event` as a new frame, all in one atomic step. Returns
+    /// the new frame's id, or `None` when the message changed meanwhile (read it again).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker is unreachable; nothing changed.
+    fn amend(
+        &self,
+        room: &RoomName,
+        change: &Amendment<'_>,
+    ) -> impl Future<Output = Result<Option<u64>, BrokerError>> + Send;
+
+    /// Up to `limit` retained chat frames of `room` with ids below `before` (the newest when
+    /// `None`), oldest first, each in its latest state.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker is unreachable.
+    fn scrollback(
+        &self,
+        room: &RoomName,
+        before: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<ScrollbackPage, BrokerError>> + Send;
 
     /// Counts one more socket of `user` in `room`, announcing `join` if it is the user's first
     /// anywhere, and returns the [`Snapshot`] for the new socket. The caller must already be
@@ -118,6 +184,43 @@ impl Broker for NodeBroker {
         match self {
             Self::Memory(broker) => broker.publish(room, user, text).await,
             Self::Redis(broker) => Box::pin(broker.publish(room, user, text)).await,
+        }
+    }
+
+    async fn typing(&self, room: &RoomName, user: &Identity) -> Result<(), BrokerError> {
+        match self {
+            Self::Memory(broker) => broker.typing(room, user).await,
+            Self::Redis(broker) => Box::pin(broker.typing(room, user)).await,
+        }
+    }
+
+    async fn retained(&self, room: &RoomName, id: u64) -> Result<Option<String>, BrokerError> {
+        match self {
+            Self::Memory(broker) => broker.retained(room, id).await,
+            Self::Redis(broker) => Box::pin(broker.retained(room, id)).await,
+        }
+    }
+
+    async fn amend(
+        &self,
+        room: &RoomName,
+        change: &Amendment<'_>,
+    ) -> Result<Option<u64>, BrokerError> {
+        match self {
+            Self::Memory(broker) => broker.amend(room, change).await,
+            Self::Redis(broker) => Box::pin(broker.amend(room, change)).await,
+        }
+    }
+
+    async fn scrollback(
+        &self,
+        room: &RoomName,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<ScrollbackPage, BrokerError> {
+        match self {
+            Self::Memory(broker) => broker.scrollback(room, before, limit).await,
+            Self::Redis(broker) => Box::pin(broker.scrollback(room, before, limit)).await,
         }
     }
 

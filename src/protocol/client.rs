@@ -1,6 +1,8 @@
 //! What a client may send, and what it means: pure functions, fuzzed (`fuzz/`), so that no
 //! input can make the socket task panic or misbehave.
 
+use std::borrow::Cow;
+
 use tungstenite::Message;
 
 use super::close;
@@ -33,11 +35,92 @@ pub fn check_chat_text(raw: &str, max_chars: usize) -> ChatText<'_> {
     }
 }
 
+/// How a socket's text frames are read, chosen by `v=` when it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// No `v=2`: every text frame is a chat message, as in the tutorial.
+    #[default]
+    Text,
+    /// `v=2`: every text frame is a JSON command (`chat`, `typing`, `edit`, `delete`).
+    Commands,
+}
+
+/// What a client asks for. Texts are as sent: [`check_chat_text`] trims and measures them
+/// when the command is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// Post a chat message.
+    Chat(Cow<'a, str>),
+    /// The user is typing in the room.
+    Typing,
+    /// Replace the text of the user's chat message `id`.
+    Edit {
+        /// The message to change.
+        id: u64,
+        /// Its new text.
+        text: Cow<'a, str>,
+    },
+    /// Take back the chat message `id`.
+    Delete {
+        /// The message to delete.
+        id: u64,
+    },
+}
+
+/// A `v=2` command as it comes over the wire. Unknown fields are ignored, so that a newer
+/// page can talk to an older node; a missing or mistyped field is a bad command.
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum WireCommand<'a> {
+    Chat {
+        #[serde(borrow)]
+        data: Cow<'a, str>,
+    },
+    Typing,
+    Edit {
+        id: u64,
+        #[serde(borrow)]
+        data: Cow<'a, str>,
+    },
+    Delete {
+        id: u64,
+    },
+}
+
+/// Reads one `v=2` command.
+///
+/// # Errors
+/// [`BadCommand`] when `text` is not a JSON object, has no known `type`, or lacks a field that
+/// type needs (or carries one of the wrong kind: ids are whole numbers above zero).
+pub fn parse_command(text: &str) -> Result<Command<'_>, BadCommand> {
+    // serde also reads a tagged enum from an array (`["chat","x"]`); a command is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(BadCommand);
+    }
+    let command = match serde_json::from_str(text).map_err(|_| BadCommand)? {
+        WireCommand::Chat { data } => Command::Chat(data),
+        WireCommand::Typing => Command::Typing,
+        WireCommand::Edit { id, data } => Command::Edit { id, text: data },
+        WireCommand::Delete { id } => Command::Delete { id },
+    };
+    match command {
+        Command::Edit { id: 0, .. } | Command::Delete { id: 0 } => Err(BadCommand),
+        command => Ok(command),
+    }
+}
+
+/// A `v=2` text frame that is not a command confab knows: answered with `error` `bad_command`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a command: a JSON object with a known \"type\" and its fields")]
+pub struct BadCommand;
+
 /// What one message from a client asks of the server.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming<'a> {
-    /// A text frame: a chat message, checked (rate limiting is up to the socket).
-    Chat(ChatText<'a>),
+    /// A text frame: a command (in the text dialect, always a chat).
+    Command(Command<'a>),
+    /// A text frame of the command dialect that is no command (`error` `bad_command`).
+    BadCommand,
     /// A binary frame: confab speaks text only (close 1003).
     Binary,
     /// The peer is closing, with this code (1005 when its close frame had none).
@@ -47,10 +130,16 @@ pub enum Incoming<'a> {
 }
 
 /// Decides what a client message means. Pure, so it can be fuzzed: whatever the bytes, the
-/// answer is one of the cases above and a `Chat` text is trimmed and within `max_chars`.
-pub fn classify(message: &Message, max_chars: usize) -> Incoming<'_> {
+/// answer is one of the cases above.
+pub fn classify(message: &Message, dialect: Dialect) -> Incoming<'_> {
     match message {
-        Message::Text(text) => Incoming::Chat(check_chat_text(text.as_str(), max_chars)),
+        Message::Text(text) => match dialect {
+            Dialect::Text => Incoming::Command(Command::Chat(Cow::Borrowed(text.as_str()))),
+            Dialect::Commands => match parse_command(text.as_str()) {
+                Ok(command) => Incoming::Command(command),
+                Err(BadCommand) => Incoming::BadCommand,
+            },
+        },
         Message::Binary(_) => Incoming::Binary,
         Message::Close(frame) => Incoming::Close(
             frame
@@ -95,15 +184,12 @@ mod tests {
                 reason: Utf8Bytes::from_static(""),
             }))
         };
+        let chat = |text: &'static str| Incoming::Command(Command::Chat(Cow::Borrowed(text)));
         let cases = [
+            (Message::text("  hi "), chat("  hi ")),
             (
-                Message::text("  hi "),
-                Incoming::Chat(ChatText::Valid("hi")),
-            ),
-            (Message::text(" "), Incoming::Chat(ChatText::Empty)),
-            (
-                Message::text("x".repeat(11)),
-                Incoming::Chat(ChatText::TooLong),
+                Message::text(r#"{"type":"typing"}"#),
+                chat(r#"{"type":"typing"}"#),
             ),
             (Message::binary(vec![1]), Incoming::Binary),
             (close_frame(4999), Incoming::Close(4999)),
@@ -112,7 +198,56 @@ mod tests {
             (Message::Pong(bytes::Bytes::new()), Incoming::Control),
         ];
         for (message, expected) in &cases {
-            assert_eq!(&classify(message, 10), expected, "{message:?}");
+            assert_eq!(&classify(message, Dialect::Text), expected, "{message:?}");
         }
+    }
+
+    #[test]
+    fn commands_are_read_from_json_and_anything_else_is_a_bad_command() {
+        let cases: [(&str, Result<Command<'_>, BadCommand>); 17] = [
+            (
+                r#"{"type":"chat","data":" hi "}"#,
+                Ok(Command::Chat(" hi ".into())),
+            ),
+            (
+                r#"{"type":"chat","data":"say \"x\""}"#,
+                Ok(Command::Chat("say \"x\"".into())),
+            ),
+            (r#"{"type":"typing"}"#, Ok(Command::Typing)),
+            (r#"{"type":"typing","data":""}"#, Ok(Command::Typing)),
+            (
+                r#"{"data":"x","type":"edit","id":42}"#,
+                Ok(Command::Edit {
+                    id: 42,
+                    text: "x".into(),
+                }),
+            ),
+            (
+                r#"{"type":"delete","id":9007199254740991}"#,
+                Ok(Command::Delete { id: (1 << 53) - 1 }),
+            ),
+            (r#"{"type":"delete","id":0}"#, Err(BadCommand)),
+            (r#"{"type":"delete","id":-1}"#, Err(BadCommand)),
+            (r#"{"type":"delete","id":1.5}"#, Err(BadCommand)),
+            (r#"{"type":"delete","id":"1"}"#, Err(BadCommand)),
+            (r#"{"type":"delete"}"#, Err(BadCommand)),
+            (r#"{"type":"edit","id":1}"#, Err(BadCommand)),
+            (r#"{"type":"chat"}"#, Err(BadCommand)),
+            (r#"{"type":"chat","data":7}"#, Err(BadCommand)),
+            (r#"{"type":"shout","data":"x"}"#, Err(BadCommand)),
+            (r#"hello"#, Err(BadCommand)),
+            (r#"["chat","x"]"#, Err(BadCommand)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_command(text), expected, "{text}");
+        }
+        assert_eq!(
+            classify(&Message::text("{}"), Dialect::Commands),
+            Incoming::BadCommand
+        );
+        assert_eq!(
+            classify(&Message::text(r#"{"type":"typing"}"#), Dialect::Commands),
+            Incoming::Command(Command::Typing)
+        );
     }
 }

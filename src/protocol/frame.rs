@@ -14,7 +14,7 @@ use tungstenite::protocol::frame::{FrameHeader as WireHeader, Utf8Bytes};
 
 use crate::room::RoomName;
 
-/// The three frame types that carry a new id and are kept in history.
+/// The types of event frame: all but `typing` carry a new id and are kept in history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
@@ -24,6 +24,28 @@ pub enum EventKind {
     Join,
     /// A user's last socket in the room has been gone for the leave grace.
     Left,
+    /// A chat message's text was changed; `data` is `{"id": N, "text": "…"}`.
+    Edit,
+    /// A chat message was taken back; `data` is `{"id": N}`.
+    Delete,
+    /// Someone is typing: id 0, never stored, never replayed.
+    Typing,
+}
+
+/// The `data` of an `edit` frame.
+#[derive(Debug, Serialize)]
+pub struct EditData<'a> {
+    /// The chat message changed.
+    pub id: u64,
+    /// Its new text.
+    pub text: &'a str,
+}
+
+/// The `data` of a `delete` frame.
+#[derive(Debug, Serialize)]
+pub struct DeleteData {
+    /// The chat message taken back.
+    pub id: u64,
 }
 
 /// A server frame, serialized once and shared by every socket that gets it.
@@ -83,22 +105,22 @@ impl Frame {
 }
 
 #[derive(Serialize)]
-struct EventBody<'a> {
+struct EventBody<'a, D: ?Sized> {
     #[serde(rename = "type")]
     kind: EventKind,
     room: &'a str,
     user: &'a RawValue,
-    data: &'a str,
+    data: &'a D,
     ts: u64,
 }
 
 /// Everything of an event frame but its id: `"type":"chat","room":…,"ts":…}` — the JSON object
 /// without its opening brace, ready for [`splice_id`].
-pub fn event_body(
+pub fn event_body<D: Serialize + ?Sized>(
     kind: EventKind,
     room: &RoomName,
     user: &RawValue,
-    data: &str,
+    data: &D,
     ts_ms: u64,
 ) -> String {
     let body = EventBody {
@@ -123,6 +145,11 @@ pub fn splice_id(id: u64, body: &str) -> Frame {
     text.push(',');
     text.push_str(body);
     Frame::new(id, text)
+}
+
+/// The frame telling a room's other sockets that `user` is typing.
+pub fn typing_frame(room: &RoomName, user: &RawValue, ts_ms: u64) -> Frame {
+    splice_id(0, &event_body(EventKind::Typing, room, user, "", ts_ms))
 }
 
 #[derive(Serialize)]
@@ -171,6 +198,17 @@ pub struct FrameHeader<'a> {
     /// When the publishing node made it, in ms since the Unix epoch.
     #[serde(default)]
     pub ts: u64,
+    /// Who it is from: read for `typing` frames, which skip their typist's own sockets.
+    #[serde(default, borrow)]
+    pub user: Option<FrameUser<'a>>,
+}
+
+/// The one field of a frame's `user` a node reads.
+#[derive(Debug, serde::Deserialize)]
+pub struct FrameUser<'a> {
+    /// The user id.
+    #[serde(borrow)]
+    pub id: std::borrow::Cow<'a, str>,
 }
 
 /// Reads the id and room of a serialized event frame.

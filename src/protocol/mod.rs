@@ -7,18 +7,25 @@
 //! - [`close`]: close codes, reasons and labels.
 //! - [`frame`]: [`Frame`], event frames and their header, the `list` frame.
 //! - [`server`]: the `error` frames.
+//! - [`amend`]: a retained chat message rewritten by an edit or delete.
 //! - [`client`]: what a client sends: chat text, commands (`v=2`), classified purely.
 
+pub mod amend;
 pub mod client;
 pub mod close;
 pub mod frame;
 pub mod server;
 
 pub use crate::room::{InvalidRoomName, RoomName};
-pub use client::{ChatText, Incoming, MAX_CLIENT_MESSAGE_BYTES, check_chat_text, classify};
+pub use amend::RetainedChat;
+pub use client::{
+    BadCommand, ChatText, Command, Dialect, Incoming, MAX_CLIENT_MESSAGE_BYTES, check_chat_text,
+    classify, parse_command,
+};
 pub use close::close_message;
 pub use frame::{
-    EventKind, Frame, FrameHeader, event_body, frame_id, list_frame, parse_frame_header, splice_id,
+    DeleteData, EditData, EventKind, Frame, FrameHeader, event_body, frame_id, list_frame,
+    parse_frame_header, splice_id, typing_frame,
 };
 pub use server::ErrorCode;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::client::ClientInfo;
 use crate::limits::{SocketLimitExceeded, SocketLimits, SocketPermit};
 use crate::metrics::Rejection;
-use crate::protocol::{InvalidRoomName, RoomName, close};
+use crate::protocol::{Dialect, InvalidRoomName, RoomName, close};
 use crate::user::Identity;
 
 use super::SocketParams;
@@ -20,6 +20,8 @@ pub struct Opening {
     pub room: Result<RoomName, InvalidRoomName>,
     /// The `since` asked for: absent, a number, or garbage.
     pub since: Result<Option<u64>, ()>,
+    /// How the socket's text frames are to be read (`v=2`: commands).
+    pub dialect: Dialect,
     /// The socket's place under the per-user and per-address limits (`None` without a user).
     pub permit: Option<Result<SocketPermit, SocketLimitExceeded>>,
 }
@@ -41,6 +43,10 @@ impl Opening {
             None | Some("") => Ok(None),
             Some(raw) => raw.parse::<u64>().map(Some).map_err(drop),
         };
+        let dialect = match params.v.as_deref() {
+            Some("2") => Dialect::Commands,
+            _ => Dialect::Text,
+        };
         let permit = user
             .as_ref()
             .map(|user| limits.acquire(user.id(), client.ip));
@@ -48,6 +54,7 @@ impl Opening {
             user,
             room,
             since,
+            dialect,
             permit,
         }
     }
@@ -65,6 +72,7 @@ pub(super) struct Accepted {
     pub(super) user: Identity,
     pub(super) room: RoomName,
     pub(super) since: Option<u64>,
+    pub(super) dialect: Dialect,
     pub(super) permit: Option<SocketPermit>,
 }
 
@@ -107,6 +115,7 @@ impl Opening {
             user,
             room,
             since,
+            dialect: self.dialect,
             permit,
         })
     }

@@ -12,13 +12,15 @@ use tokio::time::{Instant, Sleep};
 use tracing::debug;
 use tungstenite::Message;
 
+use super::commands::{self, Origin, Outcome, Pending};
 use crate::app::{AppState, ConnectionSlot};
 use crate::broker::Broker;
+use crate::broker::TYPING_INTERVAL;
 use crate::hub::SocketLink;
 use crate::metrics::{Metrics, Rejection};
 use crate::protocol::{
-    ChatText, ErrorCode, Frame, Incoming, RoomName, classify, close, close_message, list_frame,
-    now_ms,
+    Command, Dialect, ErrorCode, Frame, Incoming, RoomName, classify, close, close_message,
+    list_frame, now_ms,
 };
 use crate::ratelimit::TokenBucket;
 use crate::user::Identity;
@@ -48,6 +50,7 @@ where
         user,
         room,
         since,
+        dialect,
         permit,
     } = accepted;
     let mut socket = Socket {
@@ -61,8 +64,10 @@ where
         written: 0,
         ping_due: false,
         flushing: false,
+        dialect,
         bucket: TokenBucket::new(Instant::now()),
-        publishing: None,
+        last_typing: None,
+        pending: None,
     };
     async move {
         let code = socket.run(since).await;
@@ -79,9 +84,6 @@ enum Ended {
     /// The server decided to close; the code is the link's.
     Server,
 }
-
-/// A chat message on its way through the broker: `Some` error to send back once it is refused.
-type Publishing = Pin<Box<dyn Future<Output = Option<ErrorCode>> + Send>>;
 
 /// One open socket, run by one task from its join to its leave: it reads the peer's frames
 /// and publishes their chats, and writes what the hub queues for it, pings and the close.
@@ -106,10 +108,16 @@ struct Socket<S> {
     ping_due: bool,
     /// Everything taken is handed to the socket; only the flush remains.
     flushing: bool,
-    /// The peer's chat rate limit.
+    /// How the peer's text frames are read (`v=2` or not).
+    dialect: Dialect,
+    /// The peer's rate limit for commands (all but `typing`).
     bucket: TokenBucket,
-    /// The chat being published; the next frame is read once it is through.
-    publishing: Option<Publishing>,
+    /// When the peer's last `typing` went further.
+    last_typing: Option<Instant>,
+    /// The command waiting on the broker (a chat being published, an edit…); the next frame
+    /// is read once it is through, so the peer's commands take effect in the order it sent
+    /// them.
+    pending: Option<Pending>,
 }
 
 /// The live loop's deadlines, and whether a write pass is due.
@@ -147,7 +155,10 @@ where
     async fn run(&mut self, since: Option<u64>) -> u16 {
         // Registered before the snapshot is taken: every frame after the snapshot reaches the
         // queue, and the write passes drop the ones the snapshot already covers.
-        let registration = self.state.hub.register(&self.room, self.link.clone());
+        let registration = self
+            .state
+            .hub
+            .register(&self.room, &self.user, self.link.clone());
         // Boxed: joining happens once, and its future should not weigh on the socket's task
         // for the rest of the socket's life.
         if let Err(code) = Box::pin(self.open(since)).await {
@@ -245,20 +256,20 @@ where
             }
             self.link.register(cx.waker());
             let mut stepped = false;
-            // A chat is published before the next frame is read: the peer's messages go out in
-            // the order it sent them.
-            if let Some(publishing) = self.publishing.as_mut()
-                && let Poll::Ready(refused) = publishing.as_mut().poll(cx)
+            // A command is through before the next frame is read: the peer's messages go out
+            // in the order it sent them.
+            if let Some(pending) = self.pending.as_mut()
+                && let Poll::Ready(refused) = pending.as_mut().poll(cx)
             {
-                self.publishing = None;
+                self.pending = None;
                 if let Some(code) = refused {
-                    self.send_error(code);
+                    self.refuse(code);
                 }
                 stepped = true;
             }
             // Read only when the read side woke the task (through the link, the waker it reads
             // with): a wake-up to write does not pay for a read that finds nothing.
-            if self.publishing.is_none() && self.link.take_readable() {
+            if self.pending.is_none() && self.link.take_readable() {
                 let read_waker = Waker::from(Arc::clone(&self.link));
                 if let Poll::Ready(next) = self
                     .ws
@@ -363,45 +374,65 @@ where
                 debug!(%error, "socket read failed");
                 Some(Ended::Peer(close::ABNORMAL))
             }
-            Some(Ok(message)) => {
-                match classify(&message, self.state.config.chat.max_message_chars) {
-                    Incoming::Chat(ChatText::Empty) | Incoming::Control => None,
-                    Incoming::Chat(checked) => {
-                        self.take_chat(checked);
-                        None
-                    }
-                    Incoming::Binary => {
-                        metrics.reject(Rejection::BinaryFrame);
-                        self.link.close(close::UNSUPPORTED_DATA);
-                        Some(Ended::Server)
-                    }
-                    Incoming::Close(code) => Some(Ended::Peer(code)),
+            Some(Ok(message)) => match classify(&message, self.dialect) {
+                Incoming::Control => None,
+                Incoming::Command(command) => {
+                    self.take_command(command);
+                    None
                 }
-            }
+                Incoming::BadCommand => {
+                    self.refuse(ErrorCode::BadCommand);
+                    None
+                }
+                Incoming::Binary => {
+                    metrics.reject(Rejection::BinaryFrame);
+                    self.link.close(close::UNSUPPORTED_DATA);
+                    Some(Ended::Server)
+                }
+                Incoming::Close(code) => Some(Ended::Peer(code)),
+            },
         }
     }
 
-    /// Checks and rate-limits one chat message, and starts its publish; a refused one gets
-    /// its `error` frame at once.
-    fn take_chat(&mut self, checked: ChatText<'_>) {
-        let metrics = &self.state.metrics;
-        if !self.bucket.try_take(Instant::now()) {
-            metrics.reject(Rejection::RateLimited);
-            return self.send_error(ErrorCode::RateLimited);
+    /// Rate-limits one command and applies it; a refused one gets its `error` frame at once,
+    /// one that waits on the broker becomes the socket's pending step. An empty chat is
+    /// ignored before it costs a token (as in the tutorial); `typing` costs none, and only
+    /// one per [`TYPING_INTERVAL`] goes further.
+    fn take_command(&mut self, command: Command<'_>) {
+        let now = Instant::now();
+        match &command {
+            Command::Chat(text) if text.trim().is_empty() => return,
+            Command::Typing => {
+                if self
+                    .last_typing
+                    .is_some_and(|last| now.duration_since(last) < TYPING_INTERVAL)
+                {
+                    return;
+                }
+                self.last_typing = Some(now);
+            }
+            _ => {
+                if !self.bucket.try_take(now) {
+                    return self.refuse(ErrorCode::RateLimited);
+                }
+            }
         }
-        let ChatText::Valid(text) = checked else {
-            // Empty texts never get here; anything else not valid is too long.
-            metrics.reject(Rejection::TooLong);
-            return self.send_error(ErrorCode::TooLong);
+        let origin = Origin {
+            state: &self.state,
+            room: &self.room,
+            user: &self.user,
         };
-        // Boxed, and owning what it needs: a publish is once per message a user sends, and
-        // the live loop polls it beside the socket.
-        self.publishing = Some(Box::pin(publish(
-            self.state.clone(),
-            self.room.clone(),
-            self.user.clone(),
-            text.to_owned(),
-        )));
+        match commands::apply(command, &origin) {
+            Outcome::Done => {}
+            Outcome::Refused(code) => self.refuse(code),
+            Outcome::Pending(pending) => self.pending = Some(pending),
+        }
+    }
+
+    /// Counts a refused command and sends its `error` frame.
+    fn refuse(&self, code: ErrorCode) {
+        self.state.metrics.reject(rejection_of(code));
+        self.send_error(code);
     }
 
     /// Queues an `error` frame for this socket only; a full queue makes it a slow consumer.
@@ -522,27 +553,15 @@ where
     }
 }
 
-/// Publishes one chat message through the broker. Returns the error to send back, if it was
-/// refused.
-async fn publish(
-    state: AppState,
-    room: RoomName,
-    user: Identity,
-    text: String,
-) -> Option<ErrorCode> {
-    let timer = state.metrics.broker_publish_seconds.start_timer();
-    match state.broker.publish(&room, &user, &text).await {
-        Ok(_) => {
-            timer.observe_duration();
-            state.metrics.messages_received.inc();
-            None
-        }
-        Err(error) => {
-            timer.stop_and_discard();
-            debug!(%error, "cannot publish: broker unavailable");
-            state.metrics.reject(Rejection::Unavailable);
-            Some(ErrorCode::Unavailable)
-        }
+/// The `confab_rejected_total` reason of a refused command.
+fn rejection_of(code: ErrorCode) -> Rejection {
+    match code {
+        ErrorCode::TooLong => Rejection::TooLong,
+        ErrorCode::RateLimited => Rejection::RateLimited,
+        ErrorCode::Unavailable => Rejection::Unavailable,
+        ErrorCode::BadCommand => Rejection::BadCommand,
+        ErrorCode::Forbidden => Rejection::Forbidden,
+        ErrorCode::NotFound => Rejection::NotFound,
     }
 }
 

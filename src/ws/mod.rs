@@ -76,11 +76,13 @@ fn socket_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES))
 }
 
-/// The query of `GET /ws/chat?room=R&since=N`; both optional.
+/// The query of `GET /ws/chat?room=R&since=N&v=2`; all optional.
 #[derive(Debug, Deserialize)]
 pub struct SocketParams {
     room: Option<String>,
     since: Option<String>,
+    /// `2`: the socket sends JSON commands; anything else (or nothing): plain chat text.
+    v: Option<String>,
 }
 
 /// `GET /ws/chat`: refuses a foreign `Origin` (403) and upgrades when the node has room for

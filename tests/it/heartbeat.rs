@@ -144,6 +144,7 @@ async fn open_socket() -> (Client, tokio::task::JoinHandle<()>, AppState) {
         })),
         room: Ok(RoomName::lobby()),
         since: Ok(None),
+        dialect: confab::protocol::Dialect::Text,
         permit: None,
     };
     let slot = state.connection_slot().unwrap();

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod cluster;
+mod conversations;
 mod drain;
 mod failover;
 mod heartbeat;

@@ -145,6 +145,18 @@ impl Partition {
         format!("{}room:{room}:history", self.prefix())
     }
 
+    /// The room's retained chat frames for scrollback (sorted set, scored by id), each in its
+    /// latest state.
+    pub fn retained_key(self, room: &RoomName) -> String {
+        format!("{}room:{room}:retained", self.prefix())
+    }
+
+    /// Set for [`crate::broker::TYPING_INTERVAL`] when `user_id`'s `typing` in `room` went
+    /// out: the next one waits for it to expire.
+    pub fn typing_key(self, room: &RoomName, user_id: &str) -> String {
+        format!("{}room:{room}:typing:{user_id}", self.prefix())
+    }
+
     /// Every key of `room` that presence scripts write (`presence.lua`'s `room_key`): its
     /// socket counts, online set, users, farewells and history.
     pub fn room_keys(self, room: &RoomName) -> [String; 5] {

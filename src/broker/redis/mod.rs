@@ -42,11 +42,13 @@ use self::keys::{Partition, registry};
 pub use self::partition::LINGER;
 use self::partition::PartitionTable;
 use self::scripts::{Common, JoinReply, PartitionKeys, ScriptSettings, Scripts};
-use super::{Broker, BrokerError, Snapshot};
+use super::{Amendment, Broker, BrokerError, ScrollbackPage, Snapshot, TYPING_INTERVAL};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::protocol::{EventKind, Frame, RoomName, event_body, frame_id, now_ms};
+use crate::protocol::{
+    EventKind, Frame, RetainedChat, RoomName, event_body, frame_id, now_ms, typing_frame,
+};
 use crate::user::Identity;
 
 /// How long any one Redis command may take before the node treats Redis as unreachable.
@@ -68,7 +70,8 @@ pub const SWEEP_PERIOD: Duration = Duration::from_millis(250);
 const SWEEP_ROUNDS: usize = 4;
 /// Frames kept in each partition's log for gap repair (a few seconds of a busy partition).
 pub const LOG_LEN: usize = 1_000;
-/// How long a room nobody writes to keeps its history.
+/// How long a room nobody writes to keeps its history, at least (`CONFAB_RETAIN_DAYS` when
+/// longer).
 pub const HISTORY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// The longest wait between two reconnection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -112,6 +115,10 @@ struct Shared {
     hub: Arc<Hub>,
     metrics: Metrics,
     history_len: usize,
+    /// `CONFAB_RETAIN_MESSAGES`.
+    retain_messages: usize,
+    /// `CONFAB_RETAIN_DAYS`, as a duration.
+    retain_for: Duration,
     leave_grace: Duration,
     /// The pub/sub connection is up.
     subscribed: AtomicBool,
@@ -188,6 +195,8 @@ impl RedisBroker {
             hub,
             metrics,
             history_len: config.chat.history,
+            retain_messages: config.chat.retain_messages,
+            retain_for: config.chat.retain_for,
             leave_grace: config.chat.leave_grace,
             subscribed: AtomicBool::new(false),
             heartbeats: AtomicU64::new(0),
@@ -232,10 +241,98 @@ impl Broker for RedisBroker {
         let body = event_body(EventKind::Chat, room, user.json(), text, now_ms());
         let shared = &self.shared;
         let mut call = shared.common(partition).invoke(&shared.scripts()?.publish);
-        call.key(partition.history_key(room)).arg(body);
+        call.key(partition.history_key(room))
+            .key(partition.retained_key(room))
+            .arg(body);
         let id: u64 = shared.run(call).await?;
         shared.partitions.saw(id);
         Ok(id)
+    }
+
+    async fn typing(&self, room: &RoomName, user: &Identity) -> Result<(), BrokerError> {
+        let partition = Partition::of(room);
+        let shared = &self.shared;
+        let frame = typing_frame(room, user.json(), now_ms());
+        let mut call = shared.scripts()?.typing.prepare_invoke();
+        call.key(partition.typing_key(room, user.id()))
+            .arg(&shared.keys[partition.index()].channel)
+            .arg(frame.text().as_str())
+            .arg(TYPING_INTERVAL.as_millis() as u64);
+        let _sent: i64 = shared.run(call).await?;
+        Ok(())
+    }
+
+    async fn retained(&self, room: &RoomName, id: u64) -> Result<Option<String>, BrokerError> {
+        let key = Partition::of(room).retained_key(room);
+        let found: Vec<String> = self
+            .shared
+            .query(redis::cmd("ZRANGEBYSCORE").arg(key).arg(id).arg(id).clone())
+            .await?;
+        let oldest_kept = now_ms().saturating_sub(self.shared.retain_for.as_millis() as u64);
+        Ok(found.into_iter().next().filter(|frame| {
+            RetainedChat::parse(frame).is_some_and(|chat| chat.ts() >= oldest_kept)
+        }))
+    }
+
+    async fn amend(
+        &self,
+        room: &RoomName,
+        change: &Amendment<'_>,
+    ) -> Result<Option<u64>, BrokerError> {
+        let partition = Partition::of(room);
+        let shared = &self.shared;
+        let mut call = shared.common(partition).invoke(&shared.scripts()?.amend);
+        call.key(partition.history_key(room))
+            .key(partition.retained_key(room))
+            .arg(change.target)
+            .arg(change.expected)
+            .arg(change.replacement)
+            .arg(change.event);
+        let id: u64 = shared.run(call).await?;
+        if id == 0 {
+            return Ok(None);
+        }
+        shared.partitions.saw(id);
+        Ok(Some(id))
+    }
+
+    async fn scrollback(
+        &self,
+        room: &RoomName,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<ScrollbackPage, BrokerError> {
+        let key = Partition::of(room).retained_key(room);
+        let max = before.map_or_else(|| "+inf".to_owned(), |before| format!("({before}"));
+        // One more than asked: whether it exists says if there is more.
+        let newest_first: Vec<String> = self
+            .shared
+            .query(
+                redis::cmd("ZREVRANGEBYSCORE")
+                    .arg(key)
+                    .arg(max)
+                    .arg("-inf")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit + 1)
+                    .clone(),
+            )
+            .await?;
+        let oldest_kept = now_ms().saturating_sub(self.shared.retain_for.as_millis() as u64);
+        let mut fresh: Vec<Frame> = newest_first
+            .into_iter()
+            .take_while(|text| {
+                RetainedChat::parse(text).is_some_and(|chat| chat.ts() >= oldest_kept)
+            })
+            .filter_map(|text| frame_id(&text).map(|id| Frame::new(id, text)))
+            .collect();
+        let more = fresh.len() > limit;
+        fresh.truncate(limit);
+        fresh.reverse();
+        Ok(ScrollbackPage {
+            messages: fresh,
+            more,
+        })
     }
 
     async fn join(
@@ -809,7 +906,9 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 let _ = shared.scripts.set(Scripts::new(&ScriptSettings {
                     history_len: shared.history_len,
                     log_len: LOG_LEN,
-                    retention: HISTORY_RETENTION,
+                    retention: HISTORY_RETENTION.max(shared.retain_for),
+                    retain_len: shared.retain_messages,
+                    retain_for: shared.retain_for,
                     grace: shared.leave_grace,
                     publish_command: mode.publish_command(),
                 }));

@@ -26,6 +26,8 @@ const PRESENCE: &str = include_str!("lua/presence.lua");
 /// The compiled scripts. One set per broker.
 pub(super) struct Scripts {
     pub(super) publish: Script,
+    pub(super) amend: Script,
+    pub(super) typing: Script,
     pub(super) join: Script,
     pub(super) leave: Script,
     pub(super) sweep: Script,
@@ -44,6 +46,10 @@ pub(super) struct ScriptSettings {
     pub(super) log_len: usize,
     /// How long an idle room keeps its history.
     pub(super) retention: Duration,
+    /// `CONFAB_RETAIN_MESSAGES`.
+    pub(super) retain_len: usize,
+    /// `CONFAB_RETAIN_DAYS`, as a duration.
+    pub(super) retain_for: Duration,
     /// `CONFAB_LEAVE_GRACE_MS`.
     pub(super) grace: Duration,
     /// `PUBLISH` on one Redis, `SPUBLISH` on a Redis Cluster.
@@ -58,6 +64,8 @@ impl ScriptSettings {
             .replace("{{log_len}}", &self.log_len.to_string())
             .replace("{{retention_ms}}", &self.retention.as_millis().to_string())
             .replace("{{grace_ms}}", &self.grace.as_millis().to_string())
+            .replace("{{retain_len}}", &self.retain_len.to_string())
+            .replace("{{retain_ms}}", &self.retain_for.as_millis().to_string())
             .replace("{{publish}}", self.publish_command)
     }
 }
@@ -70,6 +78,8 @@ impl Scripts {
             |body: &str| Script::new(&settings.fill(&format!("{EMIT}\n{PRESENCE}\n{body}")));
         Self {
             publish: emitting(include_str!("lua/publish.lua")),
+            amend: emitting(include_str!("lua/amend.lua")),
+            typing: Script::new(&settings.fill(include_str!("lua/typing.lua"))),
             join: presence(include_str!("lua/join.lua")),
             leave: presence(include_str!("lua/leave.lua")),
             sweep: presence(include_str!("lua/sweep.lua")),

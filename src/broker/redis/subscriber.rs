@@ -38,7 +38,7 @@ use super::connection::Commands;
 use super::keys::{LEGACY_SEQ_KEY, PARTITIONS, Partition};
 use super::{COMMAND_TIMEOUT, MAX_BACKOFF, Shared};
 use crate::broker::BrokerError;
-use crate::protocol::{Frame, frame_id, parse_frame_header};
+use crate::protocol::{Frame, FrameHeader, RoomName, frame_id, parse_frame_header};
 
 /// How often the subscription connection is pinged, so a silently dead one is noticed, and
 /// lingering partitions are let go.
@@ -287,6 +287,10 @@ impl Relay<'_> {
             warn!("ignoring a malformed frame on a partition channel");
             return Ok(());
         };
+        if header.id == 0 {
+            self.relay_typing(&header, text);
+            return Ok(());
+        }
         let partition = Partition::of_id(header.id);
         let Some(delivered) = self.delivered[partition.index()] else {
             // Unsubscribed, or not yet: no socket here is waiting for it.
@@ -308,6 +312,23 @@ impl Relay<'_> {
             .observe(lag_ms as f64 / 1000.0);
         self.deliver(header.id, header.room, text);
         Ok(())
+    }
+
+    /// Hands on a `typing` frame: id 0, outside the partition's sequence, so no gap to fill and
+    /// nothing to repair if it is lost; it skips its typist's own sockets.
+    fn relay_typing(&self, header: &FrameHeader<'_>, text: &str) {
+        let Ok(room) = RoomName::parse(header.room) else {
+            return;
+        };
+        let (Some(user), Some(_)) = (
+            header.user.as_ref(),
+            self.delivered[Partition::of(&room).index()],
+        ) else {
+            return;
+        };
+        self.shared
+            .hub
+            .dispatch_typing(room.as_str(), &Frame::new(0, text), &user.id);
     }
 
     /// Reads the partition's log after the last delivered id, up to the newest entry.

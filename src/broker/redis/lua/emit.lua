@@ -59,7 +59,8 @@ local function append(key, frame, len)
 end
 
 -- Gives `body` (a frame without its id: `"type":…}`) the next id, keeps it in the log and in
--- the room's history (the list at key `history`), and publishes it. Returns the id.
+-- the room's history (the list at key `history`), and publishes it. Returns the id and the
+-- frame.
 local function emit(history, body)
   local id = next_id()
   local frame = '{"id":' .. fmt(id) .. ',' .. body
@@ -69,5 +70,5 @@ local function emit(history, body)
     redis.call('PEXPIRE', history, RETENTION_MS)
   end
   redis.call(PUBLISH, CHANNEL, frame)
-  return id
+  return id, frame
 end

@@ -1,0 +1,96 @@
+//! `GET /api/rooms/{room}/messages?before=ID&limit=N`: scrollback through a room's retained
+//! chat messages, oldest first, each in its latest state (edited or deleted).
+//!
+//! The page asks for the page before the oldest message it shows, so pages and the live
+//! history meet at one id: nothing twice, nothing out of order.
+
+use axum::extract::{Path, Query, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tracing::debug;
+
+use super::ApiError;
+use crate::app::AppState;
+use crate::broker::Broker;
+use crate::protocol::RoomName;
+
+/// Messages per page unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: usize = 50;
+/// The largest `limit`.
+pub const MAX_LIMIT: usize = 100;
+
+/// The query: both optional, both whole numbers when given.
+#[derive(Debug, Deserialize)]
+pub struct ScrollbackQuery {
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+/// Answers one page of scrollback: `{"messages": [frames], "more": bool}`.
+pub async fn get_messages(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    Query(query): Query<ScrollbackQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if state.cookies.identify(&headers).is_none() {
+        return Err(ApiError::unauthorized("Sign in first."));
+    }
+    let room = RoomName::parse(&room).map_err(|_| ApiError::not_found("No such room."))?;
+    let before = match query.before.as_deref() {
+        None | Some("") => None,
+        Some(raw) => Some(
+            raw.parse::<u64>()
+                .map_err(|_| ApiError::bad_request("`before` must be a message id."))?,
+        ),
+    };
+    let limit = match query.limit.as_deref() {
+        None | Some("") => DEFAULT_LIMIT,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`limit` must be a whole number from 1 to {MAX_LIMIT}."
+                ))
+            })?,
+    };
+    let page = state
+        .broker
+        .scrollback(&room, before, limit)
+        .await
+        .map_err(|error| {
+            debug!(%error, room.id = %room, "cannot read scrollback: broker unavailable");
+            ApiError::unavailable("The chat service is unavailable; try again shortly.")
+        })?;
+    // The frames are JSON already, as they went on the wire: they are joined, not re-encoded.
+    let mut body = String::with_capacity(
+        32 + page
+            .messages
+            .iter()
+            .map(|frame| frame.wire().len() + 1)
+            .sum::<usize>(),
+    );
+    body.push_str("{\"messages\":[");
+    for (index, frame) in page.messages.iter().enumerate() {
+        if index > 0 {
+            body.push(',');
+        }
+        body.push_str(frame.text().as_str());
+    }
+    body.push_str("],\"more\":");
+    body.push_str(if page.more { "true" } else { "false" });
+    body.push('}');
+    Ok((
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            // Edits and deletes change old pages: never cached.
+            (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response())
+}
