@@ -4,6 +4,7 @@
 // Helpers are `pub` so that every test module can use them; the crate is never a library.
 #![allow(unreachable_pub)]
 
+mod acl;
 mod cluster;
 mod conversations;
 mod drain;
