@@ -125,3 +125,170 @@ async fn change<B: Broker>(
         "the message kept changing",
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, VecDeque};
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::broker::MemoryBroker;
+    use crate::config::Config;
+    use crate::hub::{Hub, SocketLink};
+    use crate::metrics::Metrics;
+    use crate::protocol::Frame;
+    use crate::user::User;
+
+    /// One step of a user's: a chat, or an edit or delete of the n-th chat sent so far
+    /// (anyone's: changes of others' messages must be refused).
+    #[derive(Debug, Clone)]
+    enum Step {
+        Chat,
+        Edit(usize),
+        Delete(usize),
+    }
+
+    fn step() -> impl Strategy<Value = (usize, Step)> {
+        (
+            0..3usize,
+            prop_oneof![
+                3 => Just(Step::Chat),
+                2 => any::<usize>().prop_map(Step::Edit),
+                1 => any::<usize>().prop_map(Step::Delete),
+            ],
+        )
+    }
+
+    fn user(n: usize) -> Identity {
+        Identity::new(User {
+            id: format!("user-{n}"),
+            name: format!("user {n}"),
+            image: String::new(),
+        })
+    }
+
+    /// What a page shows after applying `frames` in order: chat id → its latest state.
+    fn applied(frames: &VecDeque<Frame>) -> BTreeMap<u64, Value> {
+        let mut state = BTreeMap::new();
+        for frame in frames {
+            let frame: Value = serde_json::from_str(&frame.text()).unwrap();
+            let target = frame["data"]["id"].as_u64();
+            match (frame["type"].as_str().unwrap(), target) {
+                ("chat", _) => {
+                    state.insert(frame["id"].as_u64().unwrap(), frame);
+                }
+                ("edit", Some(id)) => {
+                    let chat: &mut Value = state.get_mut(&id).unwrap();
+                    chat["data"] = frame["data"]["text"].clone();
+                    chat["edited"] = json!(true);
+                }
+                ("delete", Some(id)) => {
+                    let chat: &mut Value = state.get_mut(&id).unwrap();
+                    chat["data"] = json!("");
+                    chat["deleted"] = json!(true);
+                }
+                _ => {}
+            }
+        }
+        state
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the order of chats, edits and deletes from several users, every socket
+        /// that applies the frames it got ends with what scrollback and a joining socket's
+        /// history show; only authors' changes land.
+        #[test]
+        fn any_interleaving_ends_in_one_state_everywhere(steps in prop::collection::vec(step(), 1..60)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let hub = Arc::new(Hub::new(Metrics::new("t")));
+                let mut chat = Config::for_tests().chat;
+                chat.history = 1000;
+                let broker = MemoryBroker::new(hub.clone(), &chat);
+                let room = RoomName::lobby();
+                let links: Vec<Arc<SocketLink>> = (0..3).map(|_| Arc::new(SocketLink::new(10_000))).collect();
+                let _registrations: Vec<_> = links
+                    .iter()
+                    .enumerate()
+                    .map(|(n, link)| hub.register(&room, &user(n), link.clone()))
+                    .collect();
+                let mut sent: Vec<(u64, usize)> = Vec::new();
+                let mut expected: BTreeMap<u64, (String, bool)> = BTreeMap::new();
+                for (n, (who, step)) in steps.into_iter().enumerate() {
+                    let author = user(who);
+                    match step {
+                        Step::Chat => {
+                            let text = format!("s{n}");
+                            let id = broker.publish(&room, &author, &text).await.unwrap();
+                            sent.push((id, who));
+                            expected.insert(id, (text, false));
+                        }
+                        Step::Edit(pick) | Step::Delete(pick) if sent.is_empty() => { let _ = pick; }
+                        Step::Edit(pick) => {
+                            let (id, by) = sent[pick % sent.len()];
+                            let text = format!("e{n}");
+                            let outcome = edit(&broker, &room, &author, id, &text).await;
+                            match (by == who, expected[&id].1) {
+                                (true, false) => {
+                                    prop_assert!(outcome.is_ok());
+                                    expected.insert(id, (text, false));
+                                }
+                                (true, true) => prop_assert!(matches!(outcome, Err(ChangeRefused::NotFound))),
+                                (false, true) => prop_assert!(matches!(outcome, Err(ChangeRefused::NotFound))),
+                                (false, false) => prop_assert!(matches!(outcome, Err(ChangeRefused::Forbidden))),
+                            }
+                        }
+                        Step::Delete(pick) => {
+                            let (id, by) = sent[pick % sent.len()];
+                            let outcome = delete(&broker, &room, &author, id).await;
+                            match (by == who, expected[&id].1) {
+                                (true, false) => {
+                                    prop_assert!(outcome.is_ok());
+                                    expected.insert(id, (String::new(), true));
+                                }
+                                (_, true) => prop_assert!(matches!(outcome, Err(ChangeRefused::NotFound))),
+                                (false, false) => prop_assert!(matches!(outcome, Err(ChangeRefused::Forbidden))),
+                            }
+                        }
+                    }
+                }
+                let mut states = Vec::new();
+                for link in &links {
+                    let mut frames = VecDeque::new();
+                    link.take_queued(&mut frames);
+                    states.push(applied(&frames));
+                }
+                for state in &states {
+                    prop_assert_eq!(state, &states[0]);
+                }
+                let shown: BTreeMap<u64, (String, bool)> = states[0]
+                    .iter()
+                    .map(|(id, chat)| (*id, (chat["data"].as_str().unwrap().to_owned(), chat["deleted"] == true)))
+                    .collect();
+                prop_assert_eq!(&shown, &expected);
+                let page = broker.scrollback(&room, None, 1000).await.unwrap();
+                let paged: BTreeMap<u64, Value> = page
+                    .messages
+                    .iter()
+                    .map(|frame| (frame.id(), serde_json::from_str(&frame.text()).unwrap()))
+                    .collect();
+                prop_assert_eq!(&paged, &states[0]);
+                let snapshot = broker.join(&room, &user(9), None).await.unwrap();
+                let replayed: BTreeMap<u64, Value> = snapshot
+                    .history
+                    .iter()
+                    .map(|frame| serde_json::from_str::<Value>(&frame.text()).unwrap())
+                    .filter(|frame| frame["type"] == "chat")
+                    .map(|frame| (frame["id"].as_u64().unwrap(), frame))
+                    .collect();
+                prop_assert_eq!(&replayed, &states[0]);
+                Ok(())
+            })?;
+        }
+    }
+}
