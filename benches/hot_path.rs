@@ -19,6 +19,7 @@ fn identity() -> Identity {
         id: "0123456789abcdef0123456789abcdef".into(),
         name: "Ada Lovelace".into(),
         image: "/static/avatars/3.svg".into(),
+        role: None,
     })
 }
 

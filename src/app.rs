@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::api;
 use crate::assets;
-use crate::auth::{self, CookieCodec, OriginPolicy};
+use crate::auth::{self, CookieCodec, OriginPolicy, TokenVerifier};
 use crate::broker::{Broker, MemoryBroker, NodeBroker, RedisBroker};
 use crate::client::TrustedProxies;
 use crate::config::{BrokerConfig, Config};
@@ -60,6 +60,8 @@ pub struct Shared {
     pub cookies: CookieCodec,
     /// Which `Origin`s may open sockets.
     pub origins: OriginPolicy,
+    /// Checks the host application's sign-in tokens; `None` when none are configured.
+    pub tokens: Option<TokenVerifier>,
     /// Whose forwarding headers are believed.
     pub proxies: TrustedProxies,
     /// Sockets per user and per address.
@@ -117,8 +119,17 @@ impl AppState {
                 "CONFAB_SECRET is unset: cookies are signed with a random key, so sign-ins end when this process does"
             );
         }
+        let tokens = config
+            .tokens
+            .as_ref()
+            .map(TokenVerifier::new)
+            .transpose()
+            .context(
+                "cannot use the sign-in token key (CONFAB_JWT_KEY, CONFAB_JWT_PUBLIC_KEY_FILE)",
+            )?;
         Ok(Self(Arc::new(Shared {
             cookies: CookieCodec::new(config.secret_bytes()),
+            tokens,
             origins: OriginPolicy::new(config.allowed_origins.clone()),
             proxies: TrustedProxies::new(config.abuse.trusted_proxies.clone()),
             socket_limits: Arc::new(SocketLimits::new(
@@ -219,6 +230,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(pages::show_lobby))
         .route("/rooms/{room}", get(pages::show_room))
         .route("/signin", get(auth::show_signin).post(auth::post_signin))
+        .route("/signin/token", get(auth::get_token_signin))
         .route("/signout", get(auth::get_signout).post(auth::post_signout))
         .route("/ws/chat", get(ws::upgrade_socket))
         .route("/healthz", get(pages::show_health))

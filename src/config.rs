@@ -76,6 +76,21 @@ struct Cli {
     /// Sign-ins allowed per client address per minute; more get 429.
     #[arg(long, env = "CONFAB_SIGNINS_PER_MINUTE", default_value = "20")]
     signins_per_minute: String,
+    /// HS256 key of the host application's sign-in tokens, at least 32 bytes.
+    #[arg(long, env = "CONFAB_JWT_KEY", hide_env_values = true)]
+    jwt_key: Option<String>,
+    /// PEM public key (RSA: RS256; EC P-256: ES256) of the host application's sign-in tokens.
+    #[arg(long, env = "CONFAB_JWT_PUBLIC_KEY_FILE")]
+    jwt_public_key_file: Option<String>,
+    /// The `iss` every sign-in token must carry (unset: not checked).
+    #[arg(long, env = "CONFAB_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// An `aud` every sign-in token must carry (unset: not checked).
+    #[arg(long, env = "CONFAB_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// `on`: the name form signs users in; `off`: only tokens do.
+    #[arg(long, env = "CONFAB_NAME_SIGNIN", default_value = "on")]
+    name_signin: String,
     /// `multi-thread` (default) or `current-thread` tokio runtime.
     #[arg(long, env = "CONFAB_RUNTIME", default_value = "multi-thread")]
     runtime: String,
@@ -166,6 +181,47 @@ pub struct Config {
     pub static_dir: Option<PathBuf>,
     /// `CONFAB_RUNTIME`: the tokio runtime flavour.
     pub runtime: RuntimeFlavor,
+    /// `CONFAB_JWT_*`: sign-in with the host application's token; `None` when not set up.
+    pub tokens: Option<TokenConfig>,
+    /// `CONFAB_NAME_SIGNIN`: whether the name form signs users in.
+    pub name_signin: bool,
+}
+
+/// How the host application's sign-in tokens are checked.
+#[derive(Clone)]
+pub struct TokenConfig {
+    /// The key, which also fixes the one algorithm accepted.
+    pub key: TokenKey,
+    /// `CONFAB_JWT_ISSUER`.
+    pub issuer: Option<String>,
+    /// `CONFAB_JWT_AUDIENCE`.
+    pub audience: Option<String>,
+}
+
+/// A sign-in token key.
+#[derive(Clone)]
+pub enum TokenKey {
+    /// `CONFAB_JWT_KEY`: a shared secret.
+    Hs256(Vec<u8>),
+    /// `CONFAB_JWT_PUBLIC_KEY_FILE` holding an RSA public key (PEM).
+    Rs256(Vec<u8>),
+    /// `CONFAB_JWT_PUBLIC_KEY_FILE` holding an EC P-256 public key (PEM).
+    Es256(Vec<u8>),
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algorithm = match self.key {
+            TokenKey::Hs256(_) => "HS256",
+            TokenKey::Rs256(_) => "RS256",
+            TokenKey::Es256(_) => "ES256",
+        };
+        f.debug_struct("TokenConfig")
+            .field("algorithm", &algorithm)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A setting that could not be used; the message names it and says what is wrong.
@@ -377,6 +433,33 @@ impl Config {
             }
         };
 
+        let tokens = read_token_config(
+            cli.jwt_key.filter(|key| !key.is_empty()),
+            cli.jwt_public_key_file.filter(|path| !path.is_empty()),
+            cli.jwt_issuer.filter(|issuer| !issuer.is_empty()),
+            cli.jwt_audience.filter(|audience| !audience.is_empty()),
+        )
+        .map_err(|(id, env, problem)| ConfigError {
+            setting: name(id, env),
+            problem,
+        })?;
+        let name_signin = match cli.name_signin.as_str() {
+            "on" => true,
+            "off" if tokens.is_some() => false,
+            "off" => {
+                return Err(ConfigError {
+                    setting: name("name_signin", "CONFAB_NAME_SIGNIN"),
+                    problem: "\"off\" leaves no way to sign in: set CONFAB_JWT_KEY or CONFAB_JWT_PUBLIC_KEY_FILE too".into(),
+                });
+            }
+            other => {
+                return Err(ConfigError {
+                    setting: name("name_signin", "CONFAB_NAME_SIGNIN"),
+                    problem: format!("{other:?} is neither \"on\" nor \"off\""),
+                });
+            }
+        };
+
         Ok(Self {
             bind,
             broker,
@@ -399,6 +482,8 @@ impl Config {
             },
             static_dir,
             runtime,
+            tokens,
+            name_signin,
         })
     }
 
@@ -429,6 +514,8 @@ impl Config {
             },
             static_dir: None,
             runtime: RuntimeFlavor::MultiThread,
+            tokens: None,
+            name_signin: true,
         }
     }
 
@@ -517,6 +604,75 @@ fn default_node_id() -> String {
 /// A directory that can stand in for the built-in static files: it exists and holds the
 /// page's script. Checked once here, so that a typo fails start-up rather than every page
 /// load.
+/// The shortest HS256 token key accepted, in bytes.
+pub const MIN_JWT_KEY_BYTES: usize = 32;
+
+/// The token settings: `None` when neither key is set. An error names the setting (flag id,
+/// variable) and the problem.
+fn read_token_config(
+    key: Option<String>,
+    public_key_file: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+) -> Result<Option<TokenConfig>, (&'static str, &'static str, String)> {
+    let key = match (key, public_key_file) {
+        (None, None) => {
+            if issuer.is_some() || audience.is_some() {
+                let (id, env) = if issuer.is_some() {
+                    ("jwt_issuer", "CONFAB_JWT_ISSUER")
+                } else {
+                    ("jwt_audience", "CONFAB_JWT_AUDIENCE")
+                };
+                return Err((
+                    id,
+                    env,
+                    "is set but no token key is: set CONFAB_JWT_KEY or CONFAB_JWT_PUBLIC_KEY_FILE"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(_), Some(_)) => {
+            return Err((
+                "jwt_public_key_file",
+                "CONFAB_JWT_PUBLIC_KEY_FILE",
+                "set either CONFAB_JWT_KEY or CONFAB_JWT_PUBLIC_KEY_FILE, not both".into(),
+            ));
+        }
+        (Some(secret), None) if secret.len() < MIN_JWT_KEY_BYTES => {
+            return Err((
+                "jwt_key",
+                "CONFAB_JWT_KEY",
+                format!(
+                    "{} bytes; an HS256 key must be at least {MIN_JWT_KEY_BYTES}",
+                    secret.len()
+                ),
+            ));
+        }
+        (Some(secret), None) => TokenKey::Hs256(secret.into_bytes()),
+        (None, Some(path)) => {
+            let fail =
+                |problem: String| ("jwt_public_key_file", "CONFAB_JWT_PUBLIC_KEY_FILE", problem);
+            let pem = std::fs::read(&path)
+                .map_err(|error| fail(format!("cannot read {path}: {error}")))?;
+            if jsonwebtoken::DecodingKey::from_rsa_pem(&pem).is_ok() {
+                TokenKey::Rs256(pem)
+            } else if jsonwebtoken::DecodingKey::from_ec_pem(&pem).is_ok() {
+                TokenKey::Es256(pem)
+            } else {
+                return Err(fail(format!(
+                    "{path} holds neither an RSA nor an EC public key in PEM"
+                )));
+            }
+        }
+    };
+    Ok(Some(TokenConfig {
+        key,
+        issuer,
+        audience,
+    }))
+}
+
 fn check_static_dir(dir: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(dir);
     match std::fs::metadata(&path) {
@@ -609,6 +765,27 @@ mod tests {
                 "--retain-messages",
             ),
             (&["--retain-days", "0"], "--retain-days"),
+            (&["--jwt-key", "short"], "--jwt-key"),
+            (
+                &[
+                    "--jwt-key",
+                    "a-host-application-key-of-32-bytes-or-more",
+                    "--jwt-public-key-file",
+                    "/etc/hostname",
+                ],
+                "--jwt-public-key-file",
+            ),
+            (
+                &["--jwt-public-key-file", "/nonexistent/key.pem"],
+                "--jwt-public-key-file",
+            ),
+            (
+                &["--jwt-public-key-file", "/etc/hostname"],
+                "--jwt-public-key-file",
+            ),
+            (&["--jwt-issuer", "https://host.example"], "--jwt-issuer"),
+            (&["--name-signin", "off"], "--name-signin"),
+            (&["--name-signin", "maybe"], "--name-signin"),
             (&["--max-message-chars", "0"], "--max-message-chars"),
             (&["--leave-grace-ms", "soon"], "--leave-grace-ms"),
             (&["--secret", "short"], "--secret"),

@@ -352,6 +352,7 @@ mod tests {
             id: id.into(),
             name: id.into(),
             image: String::new(),
+            role: None,
         })
     }
 

@@ -32,6 +32,8 @@ pub struct Metrics {
     disconnects: IntCounterVec,
     /// Requests, sockets and messages refused, by reason.
     rejected: IntCounterVec,
+    /// `confab_token_signins_total{result}`: sign-ins with the host application's token.
+    pub token_signins: IntCounterVec,
     /// Time to publish one chat message through the broker (see its help text).
     pub broker_publish_seconds: Histogram,
     /// 1 when the broker is reachable.
@@ -192,6 +194,14 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let token_signins = IntCounterVec::new(
+            Opts::new(
+                "confab_token_signins_total",
+                "Sign-ins with the host application's token, by result (ok, or why it was refused).",
+            ),
+            &["result"],
+        )
+        .unwrap();
         let broker_publish_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "confab_broker_publish_seconds",
@@ -261,13 +271,14 @@ impl Metrics {
         .unwrap();
         node_info.with_label_values(&[node]).set(1);
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
             Box::new(connections.clone()),
             Box::new(messages_received.clone()),
             Box::new(messages_delivered.clone()),
             Box::new(slow_consumers.clone()),
             Box::new(disconnects.clone()),
             Box::new(rejected.clone()),
+            Box::new(token_signins.clone()),
             Box::new(broker_publish_seconds.clone()),
             Box::new(broker_up.clone()),
             Box::new(broker_delivery_lag_seconds.clone()),
@@ -293,6 +304,9 @@ impl Metrics {
         for reason in Rejection::ALL {
             rejected.with_label_values(&[reason.as_str()]);
         }
+        for result in crate::auth::jwt::TokenRefused::LABELS {
+            token_signins.with_label_values(&[result]);
+        }
         for code in close::ALL {
             disconnects.with_label_values(&[close::metric_label(code)]);
         }
@@ -305,6 +319,7 @@ impl Metrics {
             slow_consumers,
             disconnects,
             rejected,
+            token_signins,
             broker_publish_seconds,
             broker_up,
             broker_delivery_lag_seconds,

@@ -1,5 +1,8 @@
 //! Who may change a chat message after it was sent, and how: `edit` and `delete`, one
 //! function each, called by the socket commands (and by anything else that changes messages).
+//! Authors may edit and delete their own messages; moderators and admins may delete anyone's
+//! (editing someone else's words is not a moderator's job: the message would still carry
+//! its author's name).
 //!
 //! A change reads the message's retained frame, checks it (still there, not deleted, the
 //! user's own), rewrites it ([`RetainedChat`]) and hands the broker the old frame, the new one
@@ -9,6 +12,7 @@
 
 use tracing::debug;
 
+use crate::auth::Role;
 use crate::broker::{Amendment, Broker, BrokerError};
 use crate::protocol::{
     DeleteData, EditData, ErrorCode, EventKind, RetainedChat, RoomName, event_body, now_ms,
@@ -62,10 +66,15 @@ pub async fn edit<B: Broker>(
         &EditData { id, text },
         now_ms(),
     );
-    change(broker, room, user, id, &event, |chat| chat.edited_to(text)).await
+    let author_only = |chat: &RetainedChat<'_>| chat.is_by(user.id());
+    change(broker, room, id, &event, author_only, |chat| {
+        chat.edited_to(text)
+    })
+    .await
 }
 
-/// Takes back `user`'s chat message `id` in `room`. Returns the id of the `delete` frame.
+/// Takes back chat message `id` in `room`: `user`'s own, or anyone's when `user` is a
+/// moderator or admin. Returns the id of the `delete` frame.
 ///
 /// # Errors
 /// [`ChangeRefused`]: not the user's, not retained, or the broker unreachable.
@@ -82,7 +91,13 @@ pub async fn delete<B: Broker>(
         &DeleteData { id },
         now_ms(),
     );
-    change(broker, room, user, id, &event, |chat| chat.deleted()).await
+    let author_or_moderator = |chat: &RetainedChat<'_>| {
+        chat.is_by(user.id()) || user.user().role.is_some_and(Role::moderates)
+    };
+    change(broker, room, id, &event, author_or_moderator, |chat| {
+        chat.deleted()
+    })
+    .await
 }
 
 /// Reads, checks and rewrites message `id`, and has the broker swap it in and publish
@@ -90,9 +105,9 @@ pub async fn delete<B: Broker>(
 async fn change<B: Broker>(
     broker: &B,
     room: &RoomName,
-    user: &Identity,
     id: u64,
     event: &str,
+    allowed: impl Fn(&RetainedChat<'_>) -> bool,
     rewrite: impl Fn(&RetainedChat<'_>) -> String,
 ) -> Result<u64, ChangeRefused> {
     for _ in 0..ATTEMPTS {
@@ -102,7 +117,7 @@ async fn change<B: Broker>(
         let Some(chat) = RetainedChat::parse(&expected).filter(|chat| !chat.deleted) else {
             return Err(ChangeRefused::NotFound);
         };
-        if !chat.is_by(user.id()) {
+        if !allowed(&chat) {
             return Err(ChangeRefused::Forbidden);
         }
         let replacement = rewrite(&chat);
@@ -167,6 +182,7 @@ mod tests {
             id: format!("user-{n}"),
             name: format!("user {n}"),
             image: String::new(),
+            role: None,
         })
     }
 

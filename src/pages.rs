@@ -65,6 +65,19 @@ impl Templates {
         Ok(Html(page))
     }
 
+    /// The sign-in page without the name form (`CONFAB_NAME_SIGNIN=off`): users sign in
+    /// through the host application.
+    ///
+    /// # Errors
+    /// As [`Templates::signin`].
+    pub fn token_only_signin(&self) -> Result<Html<String>, minijinja::Error> {
+        let page = self
+            .env
+            .get_template("signin.html")?
+            .render(context! { token_only => true, version => ASSET_VERSION })?;
+        Ok(Html(page))
+    }
+
     /// The chat page of `room` for `user`.
     ///
     /// # Errors
@@ -151,6 +164,7 @@ mod tests {
             id: "\"><script>alert(1)</script>".into(),
             name: "<img src=x onerror=alert(1)> & \"quotes\" 'single'".into(),
             image: "javascript:alert(1)\"".into(),
+            role: None,
         }
     }
 

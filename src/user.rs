@@ -6,6 +6,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::auth::Role;
+
 /// How many avatar images ship under `static/avatars/`.
 pub const AVATAR_COUNT: u64 = 12;
 
@@ -55,15 +57,19 @@ impl UserName {
     }
 }
 
-/// The user object of the contract: `{"id", "name", "image"}`.
+/// The user object of the contract: `{"id", "name", "image"}`, plus `"role"` for moderators
+/// and admins signed in by the host application's token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
-    /// Made at sign-in: 128 random bits in hex, unique and unguessable.
+    /// Made at sign-in: 128 random bits in hex, unique and unguessable; or the token's `sub`.
     pub id: String,
     /// The display name given at sign-in.
     pub name: String,
     /// The URL of the user's avatar image.
     pub image: String,
+    /// Moderator or admin (from the token's `confab_role`); absent for everyone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 impl User {
@@ -75,7 +81,17 @@ impl User {
             id,
             name: name.0,
             image: format!("/static/avatars/{avatar}.svg"),
+            role: None,
         }
+    }
+
+    /// The avatar a user without a picture of their own gets: one of the page's, picked from
+    /// `id` so that it stays the same.
+    pub fn default_image(id: &str) -> String {
+        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("/static/avatars/{}.svg", hash % AVATAR_COUNT)
     }
 }
 
@@ -180,6 +196,7 @@ mod tests {
             id: "u1".into(),
             name: "a\"b".into(),
             image: "/x.svg".into(),
+            role: None,
         });
         assert_eq!(
             identity.json().get(),

@@ -108,6 +108,7 @@ mod tests {
             id: "0123456789abcdef0123456789abcdef".into(),
             name: "Ann 🦀 王".into(),
             image: "/static/avatars/1.svg".into(),
+            role: None,
         }
     }
 

@@ -20,8 +20,12 @@ pub struct SigninForm {
     name: String,
 }
 
-/// `GET /signin`: the sign-in form.
+/// `GET /signin`: the sign-in form; with `CONFAB_NAME_SIGNIN=off`, a page that says to sign
+/// in through the host application.
 pub async fn show_signin(State(state): State<AppState>) -> Result<Response, AppError> {
+    if !state.config.name_signin {
+        return Ok(state.templates.token_only_signin()?.into_response());
+    }
     Ok(state.templates.signin(None, "")?.into_response())
 }
 
@@ -35,6 +39,9 @@ pub async fn post_signin(
     headers: HeaderMap,
     Form(form): Form<SigninForm>,
 ) -> Result<Response, AppError> {
+    if !state.config.name_signin {
+        return Err(AppError::NotFound);
+    }
     if state
         .origins
         .is_cross_site(&headers, client.host.as_deref())

@@ -141,6 +141,7 @@ async fn open_socket() -> (Client, tokio::task::JoinHandle<()>, AppState) {
             id: "u1".into(),
             name: "ann".into(),
             image: "/static/avatars/0.svg".into(),
+            role: None,
         })),
         room: Ok(RoomName::lobby()),
         since: Ok(None),

@@ -21,5 +21,6 @@ mod security;
 mod soak;
 mod sockets;
 mod startup;
+mod tokens;
 mod topology;
 mod upgrade;

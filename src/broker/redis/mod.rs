@@ -974,6 +974,7 @@ mod tests {
             id: "u1".into(),
             name: "a \"quoted\" 名前".into(),
             image: "/i.svg".into(),
+            role: None,
         });
         let frame = format!(
             r#"{{"id":7,"type":"left","room":"lobby",{},"ts":5}}"#,
@@ -1002,6 +1003,7 @@ mod tests {
             id: "u1".into(),
             name: "ann".into(),
             image: String::new(),
+            role: None,
         });
         let lobby = RoomName::lobby();
         let mut local = LocalPresence::default();
