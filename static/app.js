@@ -1,16 +1,23 @@
 /*
  * confab chat page.
  *
- * Talks to the server over one WebSocket (`/ws/chat?room=R&since=N`, see
- * PROTOCOL.md) and renders what it receives into the markup of
- * templates/room.html. Plain ES2020 with no framework and no build step: the
- * page is served under `script-src 'self'; style-src 'self'`, so nothing here
- * evaluates strings, writes inline styles into markup or uses innerHTML for
- * data that came from the server.
+ * Talks to the server over one WebSocket (`/ws/chat?room=R&v=2&since=N`, see
+ * PROTOCOL.md, "Conversations": JSON commands `chat`, `typing`, `edit`,
+ * `delete`), pages back through `GET /api/rooms/R/messages?before=ID`, and
+ * renders what it receives into the markup of templates/room.html. Plain
+ * ES2020 with no framework and no build step: the page is served under
+ * `script-src 'self'; style-src 'self'`, so nothing here evaluates strings,
+ * writes inline styles into markup or uses innerHTML for data that came from
+ * the server.
  *
  * Structure: state at the top, then the socket (connect, handleFrame,
  * scheduleReconnect), rendering (renderMessage, renderNotice, renderUsers,
- * renderRooms), the composer, and finally init() wiring the DOM events.
+ * renderRooms), scrollback (loadOlder), typing, editing and deleting, the
+ * composer, and finally init() wiring the DOM events.
+ *
+ * The log is kept sorted by id: live frames come in id order and are
+ * appended, a scrollback page is merged in above, and an item whose id is
+ * already in the log is never added again.
  */
 (() => {
   'use strict';
@@ -39,6 +46,21 @@
   const MAX_RENDERED_ITEMS = 1000;
   // Sent texts waiting to be seen back (or refused); only the newest few matter.
   const MAX_UNCONFIRMED = 20;
+  // Edits and deletes of messages not (yet) in the log, kept for when a
+  // scrollback page brings them in.
+  const MAX_PENDING_CHANGES = 500;
+
+  // Scrollback: messages per page, and how close to the top (px) the reader
+  // must scroll before the previous page is fetched.
+  const SCROLLBACK_PAGE = 50;
+  const LOAD_OLDER_PX = 150;
+
+  // Typing: the server passes on one `typing` per user per 2 s, so sending
+  // more often is wasted (the margin keeps one that is sent just after the
+  // window from arriving just inside it); a name stays shown this long after
+  // its last one.
+  const TYPING_SEND_MS = 2250;
+  const TYPING_SHOW_MS = 4000;
   // After a reconnect, how long people who were online before may take to come
   // back without their `join` being shown (pages retry within 15 s).
   const RETURN_WINDOW_MS = 30000;
@@ -52,6 +74,9 @@
 
   const ERROR_TEXT = {
     too_long: `That message is too long (max ${MAX_MESSAGE_CHARS} characters).`,
+    forbidden: 'You can only edit or delete your own messages.',
+    not_found: 'That message can no longer be changed: it was deleted or is too old.',
+    bad_command: 'The server did not understand that. Reload the page and try again.',
     rate_limited: "You're sending messages too fast. Wait a moment.",
     unavailable:
       'Your message could not be sent — the chat service is temporarily unavailable. Try again.',
@@ -60,6 +85,9 @@
   const TOO_MANY_TABS_TEXT =
     'You have too many chat tabs open. Close some and this one connects by itself.';
   const UNKNOWN_ERROR_TEXT = 'Your message could not be sent. Try again.';
+  const EMPTY_EDIT_TEXT = 'A message cannot be empty. To remove it, use Delete.';
+  const SCROLLBACK_FAILED_TEXT = 'Earlier messages could not be loaded.';
+  const DELETED_TEXT = 'message deleted';
 
   // ---------------------------------------------------------------------------
   // DOM
@@ -78,6 +106,10 @@
     users: $('users'),
     messages: $('messages'),
     list: $('message-list'),
+    historyTop: $('history-top'),
+    historyStatus: $('history-status'),
+    historyRetry: $('history-retry'),
+    typing: $('typing'),
     newMessages: $('new-messages'),
     noticeBar: $('notice-bar'),
     emptyState: $('empty-state'),
@@ -145,12 +177,41 @@
   /** Sender and time of each rendered chat message, for grouping. */
   const messageMeta = new WeakMap();
 
+  /**
+   * Every item in the log (messages and notices) by id: the guard that keeps a
+   * scrollback page and the live history from showing anything twice.
+   */
+  const items = new Map();
+  /**
+   * Edits and deletes for messages not in the log (older than what is shown,
+   * or trimmed), by message id: applied if a scrollback page brings the
+   * message in, in case the page was read before the change.
+   */
+  const pendingChanges = new Map();
+
+  /** Scrollback: a page request in flight; the room's first message reached; the last request failed. */
+  let olderLoading = false;
+  let reachedBeginning = false;
+  let olderFailed = false;
+
+  /** Who is typing, by user id: `{ name, timer }`, in the order they started. */
+  const typists = new Map();
+  /** When this page last told the server that its user is typing, and the pending catch-up. */
+  let typingSentAt = 0;
+  let typingTimer = 0;
+
+  /** What this page sent last: an `error` frame refuses a chat, an edit or a delete. */
+  let lastCommand = 'chat';
+  /** The message being edited in place, if any. */
+  let editing = null;
+
   // ---------------------------------------------------------------------------
   // Socket
 
   function socketUrl() {
     const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
-    let url = `${scheme}${location.host}/ws/chat?room=${encodeURIComponent(room)}`;
+    // v=2: text frames are JSON commands (chat, typing, edit, delete).
+    let url = `${scheme}${location.host}/ws/chat?room=${encodeURIComponent(room)}&v=2`;
     if (highestId > 0) url += `&since=${highestId}`;
     return url;
   }
@@ -195,6 +256,9 @@
       socket = null;
       clearTimeout(stableTimer);
       el.messages.removeAttribute('aria-busy');
+      // An edit or delete in flight may be lost with the socket (if it was
+      // applied, its frame comes back after the reconnect): stop looking busy.
+      for (const li of el.list.querySelectorAll('li.message.saving')) li.classList.remove('saving');
       handleClose(event.code);
     });
     // An `error` event is always followed by `close`, which does the work.
@@ -294,6 +358,13 @@
       case 'left':
         handleEvent(frame);
         break;
+      case 'edit':
+      case 'delete':
+        handleChange(frame);
+        break;
+      case 'typing':
+        handleTyping(frame);
+        break;
       case 'list':
         handleList(frame);
         break;
@@ -312,6 +383,8 @@
     if (!Number.isSafeInteger(id) || id <= highestId || seenIds.has(id)) return;
     if (typeof frame.room === 'string' && frame.room !== room) return;
     rememberId(id);
+    // Already brought in by a scrollback page that raced this frame.
+    if (items.has(id)) return;
 
     const user = normalizeUser(frame.user);
     const ts = Number.isFinite(frame.ts) ? frame.ts : Date.now();
@@ -324,8 +397,10 @@
         const index = unconfirmed.indexOf(text);
         if (index !== -1) unconfirmed.splice(index, 1);
       }
-      appendItem(renderMessage(id, user, text, ts, own), { own });
-      el.emptyState.hidden = true;
+      // Their message is here: they are no longer typing it.
+      if (user && typists.has(user.id)) stopTyping(user.id);
+      appendItem(renderChat(id, user, frame), { own });
+      updateEmptyState();
       if (!own) countUnread();
     } else {
       // Once the page has had a user list, a `join` for someone listed (or
@@ -339,7 +414,10 @@
       if (!echo) appendItem(renderNotice(id, text, ts), { own: false });
       if (user) {
         if (frame.type === 'join') users.set(user.id, user);
-        else users.delete(user.id);
+        else {
+          users.delete(user.id);
+          if (typists.has(user.id)) stopTyping(user.id);
+        }
         renderUsers();
       }
     }
@@ -351,6 +429,46 @@
     if (seenIds.size > MAX_SEEN_IDS) {
       // Sets iterate in insertion order, so the first entry is the oldest.
       seenIds.delete(seenIds.values().next().value);
+    }
+  }
+
+  /**
+   * An `edit` or `delete` frame: a new id of its own (so it is deduplicated and
+   * resumed from like any frame) naming the message it changes.
+   */
+  function handleChange(frame) {
+    const id = frame.id;
+    if (!Number.isSafeInteger(id) || id <= highestId || seenIds.has(id)) return;
+    if (typeof frame.room === 'string' && frame.room !== room) return;
+    rememberId(id);
+    const change = normalizeChange(frame);
+    if (!change) return;
+    const li = items.get(change.target);
+    if (li && li.classList.contains('message')) {
+      applyChange(li, change);
+    } else {
+      rememberChange(change);
+    }
+  }
+
+  /** `{ target, kind, text, ts }` from an edit/delete frame, or null if it is malformed. */
+  function normalizeChange(frame) {
+    const data = frame.data;
+    if (!data || typeof data !== 'object' || !Number.isSafeInteger(data.id)) return null;
+    const ts = Number.isFinite(frame.ts) ? frame.ts : Date.now();
+    if (frame.type === 'delete') return { target: data.id, kind: 'delete', text: '', ts };
+    if (typeof data.text !== 'string') return null;
+    return { target: data.id, kind: 'edit', text: data.text, ts };
+  }
+
+  /** Keeps the latest change per message; a delete is final. */
+  function rememberChange(change) {
+    const known = pendingChanges.get(change.target);
+    if (known && known.kind === 'delete') return;
+    pendingChanges.delete(change.target);
+    pendingChanges.set(change.target, change);
+    if (pendingChanges.size > MAX_PENDING_CHANGES) {
+      pendingChanges.delete(pendingChanges.keys().next().value);
     }
   }
 
@@ -372,16 +490,24 @@
     if (!historyLoaded) {
       historyLoaded = true;
       scrollToBottom();
+      // A short history leaves the log without a scroll bar: fill it from scrollback.
+      maybeLoadOlder();
     }
     if (returning.size > 0) {
       clearTimeout(returningTimer);
       returningTimer = setTimeout(() => returning.clear(), RETURN_WINDOW_MS);
     }
-    el.emptyState.hidden = el.messages.querySelector('li.message') !== null;
+    updateEmptyState();
   }
 
   function handleError(frame) {
     showNotice(ERROR_TEXT[frame.code] || UNKNOWN_ERROR_TEXT);
+    // A refused edit or delete leaves the message as it was; nothing goes
+    // back in the message box (a chat is never `forbidden` or `not_found`).
+    if (lastCommand !== 'chat' || frame.code === 'forbidden' || frame.code === 'not_found') {
+      for (const li of el.list.querySelectorAll('li.message.saving')) li.classList.remove('saving');
+      return;
+    }
     // Give the refused text back, unless the user has started typing again.
     const refused = unconfirmed.pop();
     if (refused !== undefined && el.input.value.trim() === '') {
@@ -403,6 +529,20 @@
   // ---------------------------------------------------------------------------
   // Rendering: messages
 
+  /**
+   * A chat frame (live, replayed or from a scrollback page) as a message in
+   * its latest state: `deleted` or `edited` as the server marks it.
+   */
+  function renderChat(id, user, frame) {
+    const ts = Number.isFinite(frame.ts) ? frame.ts : Date.now();
+    const text = typeof frame.data === 'string' ? frame.data : '';
+    const own = user !== null && user.id === me.id;
+    const li = renderMessage(id, user, text, ts, own);
+    if (frame.deleted === true) markDeleted(li);
+    else if (frame.edited === true) markEdited(li, null);
+    return li;
+  }
+
   function renderMessage(id, user, text, ts, own) {
     const li = document.createElement('li');
     li.className = 'message';
@@ -410,13 +550,6 @@
     const userId = user ? user.id : '';
     li.dataset.userId = userId;
     if (own) li.classList.add('own');
-
-    // Follow-ups from the same sender shortly after read as one block.
-    const prev = el.list.lastElementChild;
-    const prevMeta = prev ? messageMeta.get(prev) : undefined;
-    if (prevMeta && prevMeta.userId === userId && ts >= prevMeta.ts && ts - prevMeta.ts < GROUP_WINDOW_MS) {
-      li.classList.add('grouped');
-    }
     messageMeta.set(li, { userId, ts });
 
     const body = document.createElement('div');
@@ -431,11 +564,98 @@
 
     const p = document.createElement('p');
     p.className = 'text';
+    p.id = `text-${id}`;
     p.textContent = text;
 
     body.append(meta, p);
+    // Only the author may change a message: nobody else gets the controls
+    // (the server refuses them anyway, with `forbidden`).
+    if (own) body.append(renderActions(id));
     li.append(renderAvatar(user), body);
     return li;
+  }
+
+  /** Follow-ups from the same sender shortly after read as one block. */
+  function regroup(li) {
+    if (!li || !li.classList.contains('message')) return;
+    const meta = messageMeta.get(li);
+    const prev = li.previousElementSibling;
+    const prevMeta = prev ? messageMeta.get(prev) : undefined;
+    const grouped =
+      prevMeta !== undefined &&
+      meta !== undefined &&
+      prevMeta.userId === meta.userId &&
+      meta.ts >= prevMeta.ts &&
+      meta.ts - prevMeta.ts < GROUP_WINDOW_MS;
+    li.classList.toggle('grouped', grouped);
+  }
+
+  /** "Edit" and "Delete" under one of the user's own messages. */
+  function renderActions(id) {
+    const actions = document.createElement('div');
+    actions.className = 'message-actions';
+    const edit = actionButton('Edit', 'Edit message', `text-${id}`);
+    edit.classList.add('edit-button');
+    edit.addEventListener('click', () => startEditing(edit.closest('li.message')));
+    const del = actionButton('Delete', 'Delete message', `text-${id}`);
+    del.classList.add('delete-button');
+    del.addEventListener('click', () => askDelete(del.closest('li.message')));
+    actions.append(edit, del);
+    return actions;
+  }
+
+  function actionButton(text, label, describedBy) {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'message-action';
+    button.textContent = text;
+    button.setAttribute('aria-label', label);
+    if (describedBy) button.setAttribute('aria-describedby', describedBy);
+    return button;
+  }
+
+  /**
+   * Text of a message as sent or last edited, without the "(edited)" mark:
+   * `.text` holds the text node first, then a space and the mark.
+   */
+  function messageText(li) {
+    const first = li.querySelector('.text').firstChild;
+    return first && first.nodeType === Node.TEXT_NODE ? first.data : '';
+  }
+
+  /** Shows `text` (when given) followed by "(edited)", the edit time in its tooltip. */
+  function markEdited(li, text, ts) {
+    if (li.classList.contains('deleted')) return;
+    const p = li.querySelector('.text');
+    if (typeof text === 'string') p.textContent = text;
+    let mark = p.querySelector('.edited-mark');
+    if (!mark) {
+      mark = document.createElement('span');
+      mark.className = 'edited-mark';
+      mark.textContent = '(edited)';
+      p.append(' ', mark);
+    }
+    if (Number.isFinite(ts)) mark.title = `Edited ${absoluteTime(ts)}`;
+    li.classList.add('edited');
+    li.classList.remove('saving');
+  }
+
+  /** "message deleted", greyed; the text and the controls go. A delete is final. */
+  function markDeleted(li) {
+    const hadFocus = li.contains(document.activeElement);
+    if (editing === li) stopEditing(false);
+    li.classList.add('deleted');
+    li.classList.remove('edited', 'saving');
+    li.querySelector('.text').textContent = DELETED_TEXT;
+    for (const controls of li.querySelectorAll('.message-actions, .confirm-delete')) controls.remove();
+    li.classList.remove('confirming');
+    // The focused control is gone: keep keyboard users in the log.
+    if (hadFocus) el.messages.focus();
+  }
+
+  function applyChange(li, change) {
+    if (change.kind === 'delete') markDeleted(li);
+    else markEdited(li, change.text, change.ts);
   }
 
   /** join/left: the frame's own sentence, e.g. "ann joined.", and nothing else. */
@@ -527,10 +747,33 @@
    */
   function appendItem(li, { own }) {
     const follow = own || isNearBottom();
-    el.list.append(li);
-    trimLog();
-    if (follow) scrollToBottom();
-    else if (historyLoaded) el.newMessages.hidden = false;
+    placeItem(li);
+    // Only a reader at the bottom loses the oldest items: one who scrolled
+    // back keeps what they are reading.
+    if (follow) {
+      trimLog();
+      scrollToBottom();
+    } else if (historyLoaded) {
+      el.newMessages.hidden = false;
+    }
+  }
+
+  /**
+   * Puts an item in the log at its place by id (at the end for live frames,
+   * which arrive in id order) and registers it.
+   */
+  function placeItem(li) {
+    const id = Number(li.dataset.id);
+    let next = null;
+    const last = el.list.lastElementChild;
+    if (last && Number(last.dataset.id) > id) {
+      next = el.list.firstElementChild;
+      while (next && Number(next.dataset.id) < id) next = next.nextElementSibling;
+    }
+    el.list.insertBefore(li, next);
+    items.set(id, li);
+    regroup(li);
+    regroup(li.nextElementSibling);
   }
 
   function trimLog() {
@@ -538,12 +781,26 @@
     const excess = el.list.children.length - MAX_RENDERED_ITEMS;
     if (excess <= 0) return;
     const before = m.scrollHeight;
-    for (let i = 0; i < excess; i += 1) el.list.firstElementChild.remove();
+    for (let i = 0; i < excess; i += 1) {
+      const first = el.list.firstElementChild;
+      items.delete(Number(first.dataset.id));
+      first.remove();
+    }
     // Keep what the reader is looking at in place.
     m.scrollTop -= before - m.scrollHeight;
     // A follow-up that lost the message it was grouped with needs its author back.
     const first = el.list.firstElementChild;
     if (first) first.classList.remove('grouped');
+    // What was dropped can be paged back in.
+    reachedBeginning = false;
+    olderFailed = false;
+    setHistoryState('idle');
+  }
+
+  function updateEmptyState() {
+    const hasMessages = el.list.querySelector('li.message') !== null;
+    el.emptyState.hidden = hasMessages || !historyLoaded;
+    el.historyTop.hidden = !hasMessages && el.historyTop.dataset.state !== 'loading';
   }
 
   function refreshTimes() {
@@ -552,6 +809,348 @@
       const ts = Date.parse(time.dateTime);
       if (!Number.isNaN(ts)) time.textContent = relativeTime(ts, now);
     }
+  }
+
+  // ---------------------------------------------------------------------------
+  // Scrollback
+
+  const HISTORY_TEXT = {
+    idle: '',
+    loading: 'Loading earlier messages…',
+    start: `This is the beginning of #${room}`,
+    error: SCROLLBACK_FAILED_TEXT,
+  };
+
+  function setHistoryState(state) {
+    el.historyTop.dataset.state = state;
+    el.historyStatus.textContent = HISTORY_TEXT[state];
+    el.historyRetry.hidden = state !== 'error';
+    updateEmptyState();
+  }
+
+  /** Fetches the previous page once the reader is at (or the log does not reach) the top. */
+  function maybeLoadOlder() {
+    if (!historyLoaded || olderLoading || reachedBeginning || olderFailed) return;
+    if (el.messages.scrollTop > LOAD_OLDER_PX) return;
+    loadOlder();
+  }
+
+  /**
+   * One page of the room's retained messages before the oldest item shown.
+   * The replayed history is the newest stretch of the room with nothing left
+   * out, so "before the oldest item" (a message or a join/left notice) is
+   * exactly what is missing.
+   */
+  async function loadOlder() {
+    olderLoading = true;
+    olderFailed = false;
+    setHistoryState('loading');
+    const first = el.list.firstElementChild;
+    const before = first ? Number(first.dataset.id) : 0;
+    let url = `/api/rooms/${encodeURIComponent(room)}/messages?limit=${SCROLLBACK_PAGE}`;
+    if (before > 0) url += `&before=${before}`;
+    let page = null;
+    try {
+      const response = await fetch(url, {
+        credentials: 'same-origin',
+        headers: { Accept: 'application/json' },
+        cache: 'no-store',
+      });
+      if (response.status === 401) {
+        // The cookie is gone: as the socket does on 4001.
+        stopped = true;
+        location.assign('/signin');
+        return;
+      }
+      if (!response.ok) throw new Error(`status ${response.status}`);
+      page = await response.json();
+    } catch {
+      page = null;
+    }
+    olderLoading = false;
+    if (!page || typeof page !== 'object' || !Array.isArray(page.messages)) {
+      olderFailed = true;
+      setHistoryState('error');
+      return;
+    }
+    insertOlder(page.messages);
+    reachedBeginning = page.more !== true;
+    setHistoryState(reachedBeginning ? 'start' : 'idle');
+    // Still at the top (a short page, a tall window): keep filling.
+    maybeLoadOlder();
+  }
+
+  /**
+   * Merges a scrollback page into the log by id, skipping anything already
+   * shown, and keeps what the reader is looking at where it is on screen.
+   */
+  function insertOlder(frames) {
+    const chats = [];
+    for (const frame of frames) {
+      if (!frame || typeof frame !== 'object' || frame.type !== 'chat') continue;
+      if (!Number.isSafeInteger(frame.id) || items.has(frame.id)) continue;
+      if (typeof frame.room === 'string' && frame.room !== room) continue;
+      chats.push(frame);
+    }
+    if (chats.length === 0) return;
+    chats.sort((a, b) => a.id - b.id);
+
+    const anchor = firstVisibleItem();
+    const anchorTop = anchor ? anchor.getBoundingClientRect().top : 0;
+
+    let next = el.list.firstElementChild;
+    for (const frame of chats) {
+      while (next && Number(next.dataset.id) < frame.id) next = next.nextElementSibling;
+      const li = renderChat(frame.id, normalizeUser(frame.user), frame);
+      el.list.insertBefore(li, next);
+      items.set(frame.id, li);
+      const change = pendingChanges.get(frame.id);
+      if (change) {
+        pendingChanges.delete(frame.id);
+        applyChange(li, change);
+      }
+    }
+    // Grouping across the seams, then the new items' own.
+    for (const frame of chats) {
+      const li = items.get(frame.id);
+      regroup(li);
+      regroup(li.nextElementSibling);
+    }
+    if (anchor) el.messages.scrollTop += anchor.getBoundingClientRect().top - anchorTop;
+    updateEmptyState();
+  }
+
+  /** The first log item at least partly on screen. */
+  function firstVisibleItem() {
+    const top = el.messages.getBoundingClientRect().top;
+    for (const li of el.list.children) {
+      if (li.getBoundingClientRect().bottom > top) return li;
+    }
+    return el.list.firstElementChild;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Typing
+
+  /**
+   * Tells the room that the user is typing, at most once per TYPING_SEND_MS.
+   * Typing inside that window is told when it ends (if the box still holds
+   * text), so a quick burst right after a send is not lost.
+   */
+  function sendTyping() {
+    clearTimeout(typingTimer);
+    typingTimer = 0;
+    if (el.input.value.trim() === '') return;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    const wait = typingSentAt + TYPING_SEND_MS - Date.now();
+    if (wait > 0) {
+      typingTimer = setTimeout(sendTyping, wait);
+      return;
+    }
+    typingSentAt = Date.now();
+    socket.send(JSON.stringify({ type: 'typing' }));
+  }
+
+  /** Someone else is typing: shown for TYPING_SHOW_MS after their latest `typing`. */
+  function handleTyping(frame) {
+    if (typeof frame.room === 'string' && frame.room !== room) return;
+    const user = normalizeUser(frame.user);
+    if (!user || user.id === me.id) return;
+    const known = typists.get(user.id);
+    if (known) clearTimeout(known.timer);
+    const timer = setTimeout(() => stopTyping(user.id), TYPING_SHOW_MS);
+    typists.set(user.id, { name: user.name || 'Someone', timer });
+    renderTyping();
+  }
+
+  function stopTyping(userId) {
+    const known = typists.get(userId);
+    if (!known) return;
+    clearTimeout(known.timer);
+    typists.delete(userId);
+    renderTyping();
+  }
+
+  /** "Ada is typing…", "Ada and Bob are typing…", "Several people are typing…". */
+  function renderTyping() {
+    const names = Array.from(typists.values(), (typist) => typist.name);
+    let text = '';
+    if (names.length === 1) text = `${names[0]} is typing…`;
+    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length > 2) text = 'Several people are typing…';
+    el.typing.textContent = text;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Editing and deleting one's own messages
+
+  /** Sends a JSON command on the open socket; false (and a notice) when there is none. */
+  function sendCommand(command) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      showNotice(NOT_CONNECTED_TEXT);
+      return false;
+    }
+    socket.send(JSON.stringify(command));
+    lastCommand = command.type;
+    return true;
+  }
+
+  /**
+   * Turns the message's text into a box holding it: Enter saves, Shift+Enter
+   * is a newline, Escape cancels. The text shows the change once the server's
+   * `edit` frame comes back, as every other page sees it.
+   */
+  function startEditing(li) {
+    if (!li || li.classList.contains('deleted')) return;
+    if (editing && editing !== li) stopEditing(false);
+    if (editing === li) {
+      editing.querySelector('.edit-input').focus();
+      return;
+    }
+    cancelDelete(li, false);
+    editing = li;
+    li.classList.add('editing');
+    const id = Number(li.dataset.id);
+    const p = li.querySelector('.text');
+    p.hidden = true;
+
+    const form = document.createElement('form');
+    form.className = 'edit-form';
+    const input = document.createElement('textarea');
+    input.className = 'edit-input message-input';
+    input.rows = 1;
+    input.value = messageText(li);
+    input.setAttribute('aria-label', 'Edit message');
+    const hint = document.createElement('p');
+    hint.className = 'edit-hint';
+    hint.id = `edit-hint-${id}`;
+    hint.textContent = 'Enter to save · Escape to cancel';
+    input.setAttribute('aria-describedby', hint.id);
+    const save = actionButton('Save', 'Save edit');
+    save.type = 'submit';
+    save.classList.add('save-button');
+    const cancel = actionButton('Cancel', 'Cancel edit');
+    cancel.classList.add('cancel-button');
+    const row = document.createElement('div');
+    row.className = 'edit-row';
+    row.append(hint, save, cancel);
+    form.append(input, row);
+    p.after(form);
+
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      saveEdit(li);
+    });
+    cancel.addEventListener('click', () => stopEditing(true));
+    input.addEventListener('keydown', (event) => {
+      if (event.key === 'Escape') {
+        event.preventDefault();
+        event.stopPropagation();
+        stopEditing(true);
+        return;
+      }
+      if (event.key !== 'Enter' || event.shiftKey || event.isComposing || event.keyCode === 229) return;
+      if (event.altKey || event.ctrlKey || event.metaKey) return;
+      event.preventDefault();
+      saveEdit(li);
+    });
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+    if (!autoSizes) {
+      input.addEventListener('input', () => resizeBox(input));
+      resizeBox(input);
+    }
+  }
+
+  function saveEdit(li) {
+    const input = li.querySelector('.edit-input');
+    if (!input) return;
+    const text = input.value.trim();
+    if (text === '') {
+      showNotice(EMPTY_EDIT_TEXT);
+      return;
+    }
+    if (messageLength(text) > MAX_MESSAGE_CHARS) {
+      showNotice(ERROR_TEXT.too_long);
+      return;
+    }
+    if (text === messageText(li)) {
+      stopEditing(true);
+      return;
+    }
+    if (!sendCommand({ type: 'edit', id: Number(li.dataset.id), data: text })) return;
+    clearNotice();
+    li.classList.add('saving');
+    stopEditing(true);
+  }
+
+  /** Leaves edit mode; `refocus` puts the focus back on the message's Edit button. */
+  function stopEditing(refocus) {
+    const li = editing;
+    if (!li) return;
+    editing = null;
+    li.classList.remove('editing');
+    const form = li.querySelector('.edit-form');
+    const hadFocus = form !== null && form.contains(document.activeElement);
+    if (form) form.remove();
+    li.querySelector('.text').hidden = false;
+    const edit = li.querySelector('.edit-button');
+    if (edit && (refocus || hadFocus)) edit.focus();
+  }
+
+  /** Delete asks once, in place: "Delete this message?" with Delete and Cancel. */
+  function askDelete(li) {
+    if (!li || li.classList.contains('deleted')) return;
+    if (editing === li) stopEditing(false);
+    const actions = li.querySelector('.message-actions');
+    if (!actions || li.querySelector('.confirm-delete')) return;
+    li.classList.add('confirming');
+    const confirm = document.createElement('div');
+    confirm.className = 'confirm-delete';
+    confirm.setAttribute('role', 'group');
+    const question = document.createElement('span');
+    question.className = 'confirm-question';
+    question.id = `confirm-${li.dataset.id}`;
+    question.textContent = 'Delete this message?';
+    confirm.setAttribute('aria-labelledby', question.id);
+    const yes = actionButton('Delete', 'Yes, delete message');
+    yes.classList.add('confirm-button');
+    const no = actionButton('Cancel', 'Cancel delete');
+    no.classList.add('cancel-button');
+    confirm.append(question, yes, no);
+    actions.hidden = true;
+    actions.after(confirm);
+    yes.addEventListener('click', () => {
+      if (!sendCommand({ type: 'delete', id: Number(li.dataset.id) })) return;
+      clearNotice();
+      li.classList.add('saving');
+      cancelDelete(li, true);
+    });
+    no.addEventListener('click', () => cancelDelete(li, true));
+    confirm.addEventListener('keydown', (event) => {
+      if (event.key !== 'Escape') return;
+      event.preventDefault();
+      event.stopPropagation();
+      cancelDelete(li, true);
+    });
+    no.focus();
+  }
+
+  function cancelDelete(li, refocus) {
+    const confirm = li.querySelector('.confirm-delete');
+    if (!confirm) return;
+    confirm.remove();
+    li.classList.remove('confirming');
+    const actions = li.querySelector('.message-actions');
+    if (!actions) return;
+    actions.hidden = false;
+    if (refocus) actions.querySelector('.delete-button').focus();
+  }
+
+  /** The user's newest message that can still be edited (for ↑ in an empty box). */
+  function lastOwnMessage() {
+    const own = el.list.querySelectorAll('li.message.own:not(.deleted)');
+    return own.length > 0 ? own[own.length - 1] : null;
   }
 
   // ---------------------------------------------------------------------------
@@ -693,11 +1292,10 @@
       showNotice(ERROR_TEXT.too_long);
       return;
     }
-    if (!socket || socket.readyState !== WebSocket.OPEN) {
-      showNotice(NOT_CONNECTED_TEXT);
-      return;
-    }
-    socket.send(text);
+    if (!sendCommand({ type: 'chat', data: text })) return;
+    // The message is what they were typing: no late `typing` after it.
+    clearTimeout(typingTimer);
+    typingTimer = 0;
     unconfirmed.push(text);
     if (unconfirmed.length > MAX_UNCONFIRMED) unconfirmed.shift();
     el.input.value = '';
@@ -729,6 +1327,15 @@
   }
 
   function onInputKeydown(event) {
+    // ↑ in an empty box edits the user's last message, as in most chat apps.
+    if (event.key === 'ArrowUp' && el.input.value === '' && !event.shiftKey && !event.altKey && !event.ctrlKey && !event.metaKey) {
+      const last = lastOwnMessage();
+      if (last) {
+        event.preventDefault();
+        startEditing(last);
+      }
+      return;
+    }
     // Enter sends; Shift+Enter is a newline. While an IME is composing, Enter
     // confirms the composition instead (keyCode 229 covers older Safari).
     if (event.key !== 'Enter' || event.shiftKey || event.isComposing || event.keyCode === 229) return;
@@ -746,7 +1353,10 @@
    */
   function resizeInput() {
     if (autoSizes) return;
-    const input = el.input;
+    resizeBox(el.input);
+  }
+
+  function resizeBox(input) {
     input.style.height = 'auto';
     // scrollHeight leaves out the borders, which border-box sizing counts.
     const borders = input.offsetHeight - input.clientHeight;
@@ -798,6 +1408,11 @@
     });
     el.input.addEventListener('keydown', onInputKeydown);
     el.input.addEventListener('input', onInputChange);
+    el.input.addEventListener('input', sendTyping);
+    el.historyRetry.addEventListener('click', () => {
+      olderFailed = false;
+      loadOlder();
+    });
 
     el.roomForm.addEventListener('submit', onRoomSubmit);
     el.roomInput.addEventListener('input', onRoomInput);
@@ -820,6 +1435,7 @@
     el.messages.addEventListener('scroll', () => {
       atBottom = isNearBottom();
       if (atBottom) el.newMessages.hidden = true;
+      maybeLoadOlder();
     }, { passive: true });
     // The log shrinks when a notice shows or the message box grows: a reader
     // who was at the newest message stays there.

@@ -317,28 +317,96 @@ async function send(page, text) {
   await input.press('Enter');
 }
 
-/** The chat messages on screen, in order: id, author, text, shown time, absolute time. */
+/**
+ * The chat messages on screen, in order: id, author, text (without the
+ * "(edited)" mark, which `.text` holds after the text), shown time, absolute
+ * time, and whether it is marked edited or deleted.
+ */
 function messages(page) {
   return page.$$eval('#messages li.message', (items) =>
-    items.map((li) => ({
-      id: li.dataset.id,
-      author: li.querySelector('.author').textContent,
-      text: li.querySelector('.text').textContent,
-      time: li.querySelector('time.time').textContent,
-      datetime: li.querySelector('time.time').getAttribute('datetime'),
-      grouped: li.classList.contains('grouped'),
-      own: li.classList.contains('own'),
-    })),
+    items.map((li) => {
+      const p = li.querySelector('.text');
+      const mark = p.querySelector('.edited-mark');
+      return {
+        id: li.dataset.id,
+        author: li.querySelector('.author').textContent,
+        text: mark ? p.firstChild.data : p.textContent,
+        time: li.querySelector('time.time').textContent,
+        datetime: li.querySelector('time.time').getAttribute('datetime'),
+        grouped: li.classList.contains('grouped'),
+        own: li.classList.contains('own'),
+        edited: mark !== null && mark.textContent === '(edited)',
+        deleted: li.classList.contains('deleted'),
+      };
+    }),
   );
 }
 
-/** Waits until a message with exactly `text` is on screen. */
+/** Waits until a message with exactly `text` (not counting "(edited)") is on screen. */
 async function waitForMessage(page, text, ms = 15000) {
   await page.waitForFunction(
     (wanted) =>
-      Array.from(document.querySelectorAll('#messages li.message .text')).some((p) => p.textContent === wanted),
+      Array.from(document.querySelectorAll('#messages li.message .text')).some((p) => {
+        const mark = p.querySelector('.edited-mark');
+        return (mark ? p.firstChild.data : p.textContent) === wanted;
+      }),
     text,
     { timeout: ms },
+  );
+}
+
+/**
+ * Posts `texts` as `page`'s user through a second socket of its own (a
+ * second tab, `v=2` commands), each after the previous one came back, and
+ * resolves with their ids. A `rate_limited` refusal is sent again once the
+ * server's bucket has a token (10 a second). `commands` (optional) are sent
+ * after the texts, each waiting for its frame or error; their results come
+ * back as `results`.
+ */
+function postMessages(page, texts, commands = []) {
+  return page.evaluate(
+    async ({ texts, commands }) => {
+      const room = document.getElementById('app').dataset.room;
+      const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
+      const ws = new WebSocket(`${scheme}${location.host}/ws/chat?room=${room}&v=2`);
+      await new Promise((resolve, reject) => {
+        ws.addEventListener('message', function onList(event) {
+          if (JSON.parse(event.data).type === 'list') {
+            ws.removeEventListener('message', onList);
+            resolve();
+          }
+        });
+        ws.addEventListener('close', () => reject(new Error('socket closed')));
+      });
+      // Sends `command` until it is not rate limited; resolves with the frame `done` picks, or the error.
+      const run = (command, done) =>
+        new Promise((resolve) => {
+          const onMessage = (event) => {
+            const frame = JSON.parse(event.data);
+            if (frame.type === 'error' && frame.code === 'rate_limited') {
+              ws.removeEventListener('message', onMessage);
+              setTimeout(() => run(command, done).then(resolve), 110);
+            } else if (frame.type === 'error' || done(frame)) {
+              ws.removeEventListener('message', onMessage);
+              resolve(frame);
+            }
+          };
+          ws.addEventListener('message', onMessage);
+          ws.send(JSON.stringify(command));
+        });
+      const ids = [];
+      for (const text of texts) {
+        const frame = await run({ type: 'chat', data: text }, (f) => f.type === 'chat' && f.data === text);
+        ids.push(frame.id);
+      }
+      const results = [];
+      for (const command of commands) {
+        results.push(await run(command, (f) => f.type === command.type && f.data && f.data.id === command.id));
+      }
+      ws.close();
+      return { ids, results };
+    },
+    { texts, commands },
   );
 }
 
@@ -436,6 +504,7 @@ module.exports = {
   launchBrowser,
   messages,
   newPerson,
+  postMessages,
   screenshot,
   send,
   signIn,
