@@ -126,6 +126,7 @@
     id: el.app.dataset.userId || '',
     name: el.app.dataset.userName || '',
     image: el.app.dataset.userImage || '',
+    role: el.app.dataset.userRole || '',
   };
   const baseTitle = document.title;
 
@@ -568,9 +569,11 @@
     p.textContent = text;
 
     body.append(meta, p);
-    // Only the author may change a message: nobody else gets the controls
-    // (the server refuses them anyway, with `forbidden`).
-    if (own) body.append(renderActions(id));
+    // Only the author may edit a message, and the author or a moderator delete
+    // it: nobody else gets the controls (the server refuses them anyway, with
+    // `forbidden`).
+    const moderator = me.role === 'moderator' || me.role === 'admin';
+    if (own || moderator) body.append(renderActions(id, own));
     li.append(renderAvatar(user), body);
     return li;
   }
@@ -590,17 +593,23 @@
     li.classList.toggle('grouped', grouped);
   }
 
-  /** "Edit" and "Delete" under one of the user's own messages. */
-  function renderActions(id) {
+  /**
+   * "Edit" (own messages) and "Delete" (own messages, and anyone's for a
+   * moderator) under a message.
+   */
+  function renderActions(id, own) {
     const actions = document.createElement('div');
     actions.className = 'message-actions';
-    const edit = actionButton('Edit', 'Edit message', `text-${id}`);
-    edit.classList.add('edit-button');
-    edit.addEventListener('click', () => startEditing(edit.closest('li.message')));
+    if (own) {
+      const edit = actionButton('Edit', 'Edit message', `text-${id}`);
+      edit.classList.add('edit-button');
+      edit.addEventListener('click', () => startEditing(edit.closest('li.message')));
+      actions.append(edit);
+    }
     const del = actionButton('Delete', 'Delete message', `text-${id}`);
     del.classList.add('delete-button');
     del.addEventListener('click', () => askDelete(del.closest('li.message')));
-    actions.append(edit, del);
+    actions.append(del);
     return actions;
   }
 

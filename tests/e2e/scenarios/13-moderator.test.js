@@ -1,0 +1,71 @@
+'use strict';
+// A moderator signed in by the host application's token (GET /signin/token)
+// deletes someone else's message from the page: the moderator gets Delete (and
+// no Edit) on others' messages, everyone sees "message deleted"; a user
+// signed in by name gets no controls on others' messages.
+
+const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
+const { after, before, test } = require('node:test');
+const h = require('../lib/harness');
+
+const JWT_KEY = 'host-application-shared-key-of-32-bytes-or-more';
+
+let node;
+let browser;
+
+before(async () => {
+  node = await h.startConfab('13-moderator', { env: { CONFAB_JWT_KEY: JWT_KEY } });
+  browser = await h.launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await node?.stop();
+});
+
+/** An HS256 JWT, as a host application would sign it. */
+function token(claims) {
+  const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const unsigned = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  const signature = crypto.createHmac('sha256', JWT_KEY).update(unsigned).digest('base64url');
+  return `${unsigned}.${signature}`;
+}
+
+test('a moderator deletes a message of someone else from the page', { timeout: 90000 }, async () => {
+  const mo = await h.newPerson(browser);
+  const ann = await h.newPerson(browser);
+  const now = Math.floor(Date.now() / 1000);
+  const signed = token({ sub: 'host-mod-1', name: 'Mo Derator', confab_role: 'moderator', exp: now + 120 });
+  await mo.page.goto(`${node.url}/signin/token?token=${signed}&next=/rooms/town`);
+  await mo.page.waitForURL(`${node.url}/rooms/town`);
+  await h.waitOnline(mo.page);
+
+  await ann.page.goto(`${node.url}/signin`);
+  await ann.page.locator('#name').fill('ann');
+  await ann.page.getByRole('button', { name: 'Sign in' }).click();
+  await ann.page.waitForURL(`${node.url}/`);
+  await ann.page.goto(`${node.url}/rooms/town`);
+  await h.waitOnline(ann.page);
+
+  await h.send(ann.page, 'buy cheap watches');
+  await h.waitForMessage(mo.page, 'buy cheap watches');
+  await h.send(mo.page, 'please keep it on topic');
+  await h.waitForMessage(ann.page, 'please keep it on topic');
+
+  const spam = mo.page.locator('#messages li.message', { hasText: 'buy cheap watches' });
+  assert.equal(await spam.getByRole('button', { name: 'Edit message' }).count(), 0, 'no Edit on others\' messages');
+  const annView = ann.page.locator('#messages li.message', { hasText: 'please keep it on topic' });
+  assert.equal(await annView.getByRole('button', { name: 'Delete message' }).count(), 0, 'ann cannot delete the moderator\'s');
+
+  await spam.hover();
+  await spam.getByRole('button', { name: 'Delete message' }).click();
+  await spam.getByRole('button', { name: 'Yes, delete message' }).click();
+  await ann.page.locator('#messages li.message.deleted').waitFor();
+  await mo.page.locator('#messages li.message.deleted').waitFor();
+  const seen = await h.messages(ann.page);
+  const deleted = seen.filter((m) => m.deleted);
+  assert.equal(deleted.length, 1);
+  assert.ok(!seen.some((m) => m.text === 'buy cheap watches'), 'its text is gone');
+  assert.deepEqual(mo.page.problems.dialogs, []);
+});
