@@ -276,3 +276,37 @@ async fn a_frame_queued_while_a_flush_waits_is_written_after_it() {
         .expect("the frame queued during the flush was never written");
     assert!(two.contains(r#""data":"two""#), "{two}");
 }
+
+#[tokio::test]
+async fn an_idle_socket_task_stays_small() {
+    let state = AppState::new(Config::for_tests()).await.unwrap();
+    let (_to_server, incoming) = mpsc::unbounded_channel();
+    let (outgoing, _from_server) = mpsc::unbounded_channel();
+    let opening = Opening {
+        user: Some(Identity::new(User {
+            id: "u1".into(),
+            name: "ann".into(),
+            image: "/static/avatars/0.svg".into(),
+            role: None,
+        })),
+        room: Ok(RoomName::lobby()),
+        since: Ok(None),
+        dialect: confab::protocol::Dialect::Commands,
+        permit: None,
+    };
+    let slot = state.connection_slot().unwrap();
+    let socket = ChannelSocket {
+        incoming,
+        outgoing,
+        writable: Arc::new(AtomicBool::new(true)),
+        flushable: Arc::new(AtomicBool::new(true)),
+        flushed: Arc::new(AtomicWaker::new()),
+    };
+    let task = run_connection(socket, state.clone(), opening, slot);
+    let size = std::mem::size_of_val(&task);
+    println!("socket task: {size} bytes");
+    // The whole idle socket (task, link, buffers) must stay within 4 KiB (BENCHMARKS.md,
+    // "Idle sockets"); the task's own state is the part commands could grow, and a command
+    // waiting on the broker is a boxed future, not inline state.
+    assert!(size <= 1024, "the socket task is {size} bytes");
+}
