@@ -179,6 +179,9 @@ pub struct Ramp {
     /// Stop after this many steps.
     #[arg(long, default_value_t = 60)]
     pub max_steps: u32,
+    /// The share of clients (0–1, spread evenly) that type: see `rooms --typing-fraction`.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub typing_fraction: f64,
 }
 
 /// `connections`.
@@ -207,6 +210,12 @@ pub struct Rooms {
     /// Send rate and duration (per sender: every user by default).
     #[command(flatten)]
     pub sending: Sending,
+    /// The share of clients (0–1, spread evenly: 0.2 is the first of every room of 5) that
+    /// type: they open their socket with `v=2`, send their chat as `{"type":"chat",…}` and a
+    /// `{"type":"typing"}` every second while a step sends. Receivers count the `typing`
+    /// frames apart from deliveries. confab only (`--protocol confab`).
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub typing_fraction: f64,
 }
 
 /// `join`.
@@ -221,6 +230,15 @@ pub struct Join {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 60.0)]
     pub timeout: f64,
+}
+
+/// A number from 0 to 1.
+fn fraction(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        Ok(_) => Err(format!("{value} is not between 0 and 1")),
+        Err(error) => Err(format!("{value}: {error}")),
+    }
 }
 
 /// Expands `--source` values: addresses, and ranges `A-B` of IPv4 addresses.
@@ -288,5 +306,43 @@ mod tests {
             panic!("fanout")
         };
         assert_eq!((fanout.clients, fanout.sending.rate), (20, 2.0));
+    }
+
+    #[test]
+    fn typing_fraction_is_a_share_of_the_clients() {
+        let cli =
+            Cli::try_parse_from(["confab-bench", "rooms", "--typing-fraction", "0.2"]).unwrap();
+        let Scenario::Rooms(rooms) = cli.scenario else {
+            panic!("rooms")
+        };
+        assert!((rooms.typing_fraction - 0.2).abs() < 1e-12);
+        let cli = Cli::try_parse_from(["confab-bench", "rooms"]).unwrap();
+        let Scenario::Rooms(rooms) = cli.scenario else {
+            panic!("rooms")
+        };
+        assert!(rooms.typing_fraction == 0.0, "off by default");
+        let cli = Cli::try_parse_from([
+            "confab-bench",
+            "ramp",
+            "--room-size",
+            "5",
+            "--typing-fraction",
+            "1",
+        ])
+        .unwrap();
+        let Scenario::Ramp(ramp) = cli.scenario else {
+            panic!("ramp")
+        };
+        assert!(ramp.typing_fraction == 1.0);
+        for bad in ["1.5", "-0.1", "lots"] {
+            assert!(
+                Cli::try_parse_from(["confab-bench", "rooms", "--typing-fraction", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            Cli::try_parse_from(["confab-bench", "fanout", "--typing-fraction", "0.2"]).is_err(),
+            "fanout has no typists"
+        );
     }
 }

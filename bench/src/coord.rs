@@ -506,18 +506,25 @@ impl Run {
             .collect();
         let mut received = 0;
         let mut latency = Histogram::new();
+        let mut by_typing: Option<(Histogram, Histogram)> = None;
         let mut counters = Counters::default();
         let mut cpu_ns = 0;
         for reply in replies {
             if let Reply::Drained {
                 received: n,
                 latency: sparse,
+                latency_by_typing,
                 counters: c,
                 cpu_ns: cpu,
             } = reply
             {
                 received += n;
                 latency.merge_sparse(&sparse);
+                if let Some((typists, others)) = latency_by_typing {
+                    let (t, o) = by_typing.get_or_insert_with(Default::default);
+                    t.merge_sparse(&typists);
+                    o.merge_sparse(&others);
+                }
                 counters.add(&c);
                 cpu_ns += cpu;
             }
@@ -553,6 +560,8 @@ impl Run {
             },
             deliveries_per_sec: received as f64 / secs,
             latency_ms: latency.summary_ms(),
+            typists_latency_ms: by_typing.as_ref().map(|(t, _)| t.summary_ms()),
+            others_latency_ms: by_typing.as_ref().map(|(_, o)| o.summary_ms()),
             send_lag_ms: lag.summary_ms(),
             out_of_order: counters.out_of_order,
             duplicates: counters.duplicates,
@@ -664,19 +673,21 @@ pub fn run(common: &Common, scenario: &Scenario) -> Result<Report, String> {
         Scenario::Fanout(args) => {
             let clients = args.clients;
             let senders = args.sending.senders.unwrap_or(clients).min(clients);
-            send_scenario("fanout", common, clients, clients, senders, &args.sending)
+            send_scenario(
+                "fanout",
+                common,
+                layout(clients, clients, senders),
+                &args.sending,
+            )
         }
         Scenario::Rooms(args) => {
             let clients = args.rooms * args.room_size;
             let senders = args.sending.senders.unwrap_or(clients).min(clients);
-            send_scenario(
-                "rooms",
-                common,
-                clients,
-                args.room_size,
-                senders,
-                &args.sending,
-            )
+            let shape = Layout {
+                typists: typists(common, clients, args.typing_fraction)?,
+                ..layout(clients, args.room_size, senders)
+            };
+            send_scenario("rooms", common, shape, &args.sending)
         }
         Scenario::Ramp(args) => ramp(common, args),
         Scenario::Connections(args) => connections(common, args),
@@ -695,18 +706,26 @@ fn layout(clients: u32, room_size: u32, senders: u32) -> Layout {
         sources: 1,
         placement: crate::layout::Placement::Alternate,
         run: 0,
+        typists: 0,
     }
+}
+
+/// How many typists `--typing-fraction` makes of `clients`; typing needs confab's protocol.
+fn typists(common: &Common, clients: u32, fraction: f64) -> Result<u32, String> {
+    if fraction > 0.0 && common.protocol != crate::msg::Protocol::Confab {
+        return Err("--typing-fraction needs --protocol confab (`v=2` commands)".to_owned());
+    }
+    Ok(crate::layout::typists_of(clients, fraction))
 }
 
 fn send_scenario(
     name: &str,
     common: &Common,
-    clients: u32,
-    room_size: u32,
-    senders: u32,
+    shape: Layout,
     sending: &Sending,
 ) -> Result<Report, String> {
-    let mut run = Run::start(common, name, layout(clients, room_size, senders), None)?;
+    let senders = shape.senders;
+    let mut run = Run::start(common, name, shape, None)?;
     run.signin()?;
     run.connect(common.connect_concurrency)?;
     run.settle()?;
@@ -730,18 +749,17 @@ fn ramp(common: &Common, args: &cli::Ramp) -> Result<Report, String> {
         .unwrap_or(args.clients)
         .min(args.clients)
         .max(1);
-    let mut run = Run::start(
-        common,
-        "ramp",
-        layout(
+    let shape = Layout {
+        typists: typists(common, args.clients, args.typing_fraction)?,
+        ..layout(
             args.clients,
             args.room_size
                 .unwrap_or(args.clients)
                 .clamp(1, args.clients.max(1)),
             senders,
-        ),
-        None,
-    )?;
+        )
+    };
+    let mut run = Run::start(common, "ramp", shape, None)?;
     run.signin()?;
     run.connect(common.connect_concurrency)?;
     run.settle()?;

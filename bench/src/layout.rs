@@ -9,7 +9,9 @@
 //! - process `(g / nodes) % processes` (each process gets an equal share of every node);
 //! - local address `(g / (nodes × processes)) % sources`;
 //! - room `g / room_size`;
-//! - sender number `s` when `g = ⌊s × C / S⌋` for some `s < S` (senders spread evenly).
+//! - sender number `s` when `g = ⌊s × C / S⌋` for some `s < S` (senders spread evenly);
+//! - typist number `t` when `g = ⌊t × C / T⌋` for some `t < T` (`--typing-fraction`: typists
+//!   spread evenly the same way, so 20 % of rooms of 5 is the first client of every room).
 //!
 //! Sends follow one global schedule: at total rate `R`, message `k` of a step goes at
 //! `start + k / R`, from sender `k mod S`. So sender `s` sends its `j`-th message at
@@ -56,6 +58,33 @@ pub struct Layout {
     pub placement: Placement,
     /// The run's id, part of every room name.
     pub run: u32,
+    /// Typists (`--typing-fraction`), spread evenly over the clients: each opens its socket with
+    /// `v=2`, sends its chat as a JSON command and a `typing` command every second of a step.
+    /// Left out of the JSON when 0, so a run without typing reports as before.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub typists: u32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Number `i` when `g = ⌊i × C / N⌋` for some `i < N`: `n` of `clients` picked evenly.
+fn spread_index(g: u32, clients: u32, n: u32) -> Option<u32> {
+    if n == 0 || g >= clients {
+        return None;
+    }
+    let (c, n) = (u64::from(clients), u64::from(n));
+    // The smallest i with ⌊i × C / N⌋ ≥ g.
+    let i = (u64::from(g) * n).div_ceil(c);
+    (i < n && i * c / n == u64::from(g)).then_some(i as u32)
+}
+
+/// How many of `clients` a `--typing-fraction` of `fraction` makes typists (rounded, at most
+/// all of them).
+pub fn typists_of(clients: u32, fraction: f64) -> u32 {
+    (f64::from(clients) * fraction.clamp(0.0, 1.0)).round() as u32
 }
 
 impl Layout {
@@ -99,13 +128,17 @@ impl Layout {
 
     /// Client `g`'s sender number, if it sends.
     pub fn sender_of(&self, g: u32) -> Option<u32> {
-        if self.senders == 0 || g >= self.clients {
-            return None;
-        }
-        let (c, s) = (u64::from(self.clients), u64::from(self.senders));
-        // The smallest s with ⌊s × C / S⌋ ≥ g.
-        let sender = (u64::from(g) * s).div_ceil(c);
-        (sender < s && sender * c / s == u64::from(g)).then_some(sender as u32)
+        spread_index(g, self.clients, self.senders)
+    }
+
+    /// The client that is sender `s` (the inverse of [`Self::sender_of`]).
+    pub fn client_of_sender(&self, s: u32) -> u32 {
+        (u64::from(s) * u64::from(self.clients) / u64::from(self.senders.max(1))) as u32
+    }
+
+    /// Client `g`'s typist number, if it types (`--typing-fraction`).
+    pub fn typist_of(&self, g: u32) -> Option<u32> {
+        spread_index(g, self.clients, self.typists)
     }
 
     /// The clients process `p` runs.
@@ -135,6 +168,7 @@ mod tests {
             sources: 2,
             placement: Placement::Alternate,
             run: 7,
+            typists: 0,
         }
     }
 
@@ -152,6 +186,48 @@ mod tests {
         let l = layout(100, 4);
         let who: Vec<u32> = (0..100).filter(|&g| l.sender_of(g).is_some()).collect();
         assert_eq!(who, [0, 25, 50, 75]);
+    }
+
+    #[test]
+    fn typists_are_one_in_five_and_the_first_of_each_room() {
+        assert_eq!(typists_of(10_000, 0.2), 2_000);
+        assert_eq!(typists_of(10_000, 0.0), 0);
+        assert_eq!(typists_of(30, 1.5), 30);
+        let l = Layout {
+            typists: typists_of(10_000, 0.2),
+            ..layout(10_000, 10_000)
+        };
+        let who: Vec<u32> = (0..10_000).filter(|&g| l.typist_of(g).is_some()).collect();
+        assert_eq!(who.len(), 2_000);
+        assert!(who.iter().enumerate().all(|(t, &g)| g == t as u32 * 5));
+        assert!((0..l.rooms()).all(|room| l.typist_of(room * 5).is_some()));
+        assert!((0..100).all(|g| layout(100, 100).typist_of(g).is_none()));
+    }
+
+    #[test]
+    fn a_sender_number_leads_back_to_its_client() {
+        for (clients, senders) in [(10, 10), (10, 3), (1000, 7), (1, 1), (2000, 1999)] {
+            let l = layout(clients, senders);
+            for g in 0..clients {
+                if let Some(s) = l.sender_of(g) {
+                    assert_eq!(l.client_of_sender(s), g, "{clients}/{senders}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_layout_without_typists_serializes_as_before() {
+        let json = serde_json::to_value(layout(10, 10)).unwrap();
+        assert!(json.get("typists").is_none(), "{json}");
+        let back: Layout = serde_json::from_value(json).unwrap();
+        assert_eq!(back.typists, 0);
+        let json = serde_json::to_value(Layout {
+            typists: 2,
+            ..layout(10, 10)
+        })
+        .unwrap();
+        assert_eq!(json["typists"], 2);
     }
 
     #[test]

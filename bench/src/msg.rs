@@ -128,6 +128,17 @@ pub struct Counters {
     pub errors: BTreeMap<String, u64>,
     /// Sockets that ended after their `list`, by close code (1006: no close frame).
     pub closes: BTreeMap<u16, u64>,
+    /// `{"type":"typing"}` commands sent (`--typing-fraction`; left out of the JSON when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub typing_sent: u64,
+    /// `typing` frames received (id 0, never stored): not deliveries, not in the id order.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub typing_received: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Counters {
@@ -139,6 +150,8 @@ impl Counters {
         self.duplicates += other.duplicates;
         self.late += other.late;
         self.foreign += other.foreign;
+        self.typing_sent += other.typing_sent;
+        self.typing_received += other.typing_received;
         for (code, n) in &other.errors {
             *self.errors.entry(code.clone()).or_default() += n;
         }
@@ -170,6 +183,8 @@ impl Counters {
             duplicates: self.duplicates.saturating_sub(before.duplicates),
             late: self.late.saturating_sub(before.late),
             foreign: self.foreign.saturating_sub(before.foreign),
+            typing_sent: self.typing_sent.saturating_sub(before.typing_sent),
+            typing_received: self.typing_received.saturating_sub(before.typing_received),
             errors,
             closes,
         }
@@ -228,6 +243,10 @@ pub enum Reply {
         received: u64,
         /// End-to-end latency of each, microseconds.
         latency: Sparse,
+        /// With typists: the same latency split by sender, chats from typists' sockets and
+        /// from the others.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        latency_by_typing: Option<(Sparse, Sparse)>,
         /// Counters grown since the step started.
         counters: Counters,
         /// This process's CPU time over the step (send + drain), ns.

@@ -101,6 +101,13 @@ pub struct Step {
     pub deliveries_per_sec: f64,
     /// End-to-end latency, send to receipt.
     pub latency_ms: Quantiles,
+    /// With typists (`--typing-fraction`): the latency of chats sent by typists' sockets
+    /// (`v=2`, their chat queued beside their `typing`)…
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub typists_latency_ms: Option<Quantiles>,
+    /// …and of chats from every other socket, in the same step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub others_latency_ms: Option<Quantiles>,
     /// How late sends left against the schedule (the generator's own lag).
     pub send_lag_ms: Quantiles,
     /// Frames whose id went backwards on a socket.
@@ -249,11 +256,16 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "clients {} in {} room(s) of {}, senders {}",
+            "clients {} in {} room(s) of {}, senders {}{}",
             l.clients,
             l.rooms(),
             l.room_size.min(l.clients),
-            l.senders
+            l.senders,
+            if l.typists > 0 {
+                format!(", typists {} (v=2)", l.typists)
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             out,
@@ -355,6 +367,37 @@ impl Report {
                     .collect();
                 let _ = writeln!(out, "step {} redis: {}", s.step, servers.join("; "));
             }
+            for s in self
+                .steps
+                .iter()
+                .filter(|s| s.counters.typing_sent + s.counters.typing_received > 0)
+            {
+                let c = &s.counters;
+                let _ = writeln!(
+                    out,
+                    "step {} typing: {} typists sent {} typing commands; typing frames received {} ({:.2} per command; not deliveries)",
+                    s.step,
+                    l.typists,
+                    c.typing_sent,
+                    c.typing_received,
+                    if c.typing_sent == 0 {
+                        0.0
+                    } else {
+                        c.typing_received as f64 / c.typing_sent as f64
+                    }
+                );
+                if let (Some(t), Some(o)) = (&s.typists_latency_ms, &s.others_latency_ms) {
+                    let _ = writeln!(
+                        out,
+                        "step {} chat latency ms p50/p90/p99/max: from typists {} ({} deliveries), from the others {} ({})",
+                        s.step,
+                        ms(t),
+                        t.count,
+                        ms(o),
+                        o.count
+                    );
+                }
+            }
             if let Some(last) = self.steps.last() {
                 let _ = writeln!(
                     out,
@@ -428,6 +471,13 @@ impl Report {
             c.errors,
             c.closes
         );
+        if l.typists > 0 || c.typing_sent + c.typing_received > 0 {
+            let _ = writeln!(
+                out,
+                "typing: {} typists (v=2), {} typing commands sent, typing frames received {}",
+                l.typists, c.typing_sent, c.typing_received
+            );
+        }
         let _ = writeln!(
             out,
             "generator CPU {:.2} s (all processes)",

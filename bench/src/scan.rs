@@ -36,6 +36,8 @@ pub enum Kind {
     Left,
     /// The users online (once, after the history).
     List,
+    /// Someone else in the room is typing (`v=2`): id 0, never stored, outside the id order.
+    Typing,
     /// An error frame for this socket (`rate_limited`, `too_long`, `unavailable`).
     Error,
     /// Anything else.
@@ -75,6 +77,7 @@ pub fn scan_event(obj: &[u8]) -> Event<'_> {
                 b"join" => Kind::Join,
                 b"left" => Kind::Left,
                 b"list" => Kind::List,
+                b"typing" => Kind::Typing,
                 b"error" => Kind::Error,
                 _ => Kind::Other,
             };
@@ -104,7 +107,7 @@ pub fn scan_event(obj: &[u8]) -> Event<'_> {
                 event.users = NAME.find_iter(&obj[start..]).count() as u32;
             }
         }
-        Kind::Join | Kind::Left | Kind::Other => {}
+        Kind::Join | Kind::Left | Kind::Typing | Kind::Other => {}
     }
     event
 }
@@ -201,6 +204,18 @@ pub fn parse_tag(text: &[u8]) -> Option<Tag> {
         seq,
         sent_ns,
     })
+}
+
+/// The `v=2` command a typist sends while it types.
+pub const TYPING_COMMAND: &[u8] = br#"{"type":"typing"}"#;
+
+/// Appends the `v=2` chat command `{"type":"chat","data":"<tag, padded>"}` to `out`: the same
+/// text [`write_tag`] writes, so the chat frame every receiver gets is the same as from a
+/// plain-text socket (the tag and its padding need no JSON escaping).
+pub fn write_chat_command(out: &mut Vec<u8>, tag: &Tag, size: usize) {
+    out.extend_from_slice(br#"{"type":"chat","data":""#);
+    write_tag(out, tag, size);
+    out.extend_from_slice(br#""}"#);
 }
 
 /// One Engine.IO / Socket.IO text packet from the server, as far as the generator cares.
@@ -303,6 +318,38 @@ mod tests {
             (event.id, event.kind, event.text),
             (None, Kind::Error, &b"too_long"[..])
         );
+    }
+
+    #[test]
+    fn typing_frames_and_chat_commands() {
+        let typing =
+            format!(r#"{{"id":0,"type":"typing","room":"r","user":{USER},"data":"","ts":1}}"#);
+        let event = scan_event(typing.as_bytes());
+        assert_eq!((event.id, event.kind), (Some(0), Kind::Typing));
+        assert_eq!(event.text, b"");
+
+        let tag = Tag {
+            run: 0x2a,
+            step: 1,
+            sender: 4,
+            seq: 9,
+            sent_ns: 1_764_072_000_000_000_001,
+        };
+        let mut command = Vec::new();
+        write_chat_command(&mut command, &tag, 64);
+        let value: serde_json::Value = serde_json::from_slice(&command).unwrap();
+        assert_eq!(value["type"], "chat");
+        let data = value["data"].as_str().unwrap();
+        let mut plain = Vec::new();
+        write_tag(&mut plain, &tag, 64);
+        assert_eq!(
+            data.as_bytes(),
+            plain,
+            "the same text as a plain-text socket sends"
+        );
+        assert_eq!(parse_tag(data.as_bytes()), Some(tag));
+        let value: serde_json::Value = serde_json::from_slice(TYPING_COMMAND).unwrap();
+        assert_eq!(value, serde_json::json!({"type": "typing"}));
     }
 
     #[test]

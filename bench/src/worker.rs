@@ -11,7 +11,9 @@
 //! - the thread's tally is locked once per read, not per frame, and latencies go into a
 //!   log-linear histogram.
 //!
-//! Senders wake on one pinned timer at the times [`send_time_ns`] gives. Control frames
+//! Senders wake on one pinned timer at the times [`send_time_ns`] gives (typists, with
+//! `--typing-fraction`, also at their `typing` times: the timer points at the earlier of the
+//! two). Control frames
 //! (ping → pong, close → close) and Socket.IO's handshake (`0…` → `40`, `2` → `3`) are
 //! answered after each read.
 
@@ -41,6 +43,9 @@ pub const READ_CHUNK: usize = 64 * 1024;
 const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
 /// The largest HTTP answer head accepted at the upgrade.
 const MAX_UPGRADE_HEAD: usize = 16 * 1024;
+/// How often a typist sends `{"type":"typing"}` while a step sends: once a second, twice what
+/// a page throttled to confab's 2 s would send, so that confab's own throttle has work to do.
+pub const TYPING_INTERVAL_NS: u64 = 1_000_000_000;
 
 thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
@@ -95,6 +100,9 @@ impl Tally {
 struct StepTally {
     received: u64,
     latency: Histogram,
+    /// With typists: latency of chats from typists' sockets, and from the others.
+    latency_typists: Histogram,
+    latency_others: Histogram,
     sent: u64,
     sent_by_room: HashMap<u32, u64>,
     lag: Histogram,
@@ -243,14 +251,19 @@ async fn serve(
                 ctx.accepting.store(-1, Ordering::SeqCst);
                 let mut received = 0;
                 let mut latency = Histogram::new();
+                let (mut typists, mut others) = (Histogram::new(), Histogram::new());
                 each_tally(|tally| {
                     let st = tally.step(step);
                     received += st.received;
                     latency.merge(&st.latency);
+                    typists.merge(&st.latency_typists);
+                    others.merge(&st.latency_others);
                 });
                 reply(Reply::Drained {
                     received,
                     latency: latency.to_sparse(),
+                    latency_by_typing: (ctx.setup.layout.typists > 0)
+                        .then(|| (typists.to_sparse(), others.to_sparse())),
                     counters: total_counters().since(&step_start.1),
                     cpu_ns: self_cpu_ns().saturating_sub(step_start.0),
                 });
@@ -485,6 +498,7 @@ async fn open(
         .map_err(|error| format!("connect: {}", io_reason(&error)))?;
     let room = room_name(setup.run, layout.room_of(g));
     let path = match setup.protocol {
+        Protocol::Confab if layout.typist_of(g).is_some() => format!("/ws/chat?room={room}&v=2"),
         Protocol::Confab => format!("/ws/chat?room={room}"),
         Protocol::Socketio => format!("/socket.io/?EIO=4&transport=websocket&room={room}"),
     };
@@ -570,6 +584,11 @@ struct Sock {
     sender: Option<u32>,
     /// Senders in the run (the schedule's stride).
     senders: u32,
+    /// This socket's typist number (`--typing-fraction`): opened with `v=2`, it sends its
+    /// chat as JSON commands and a `typing` command every second of a step.
+    typist: Option<u32>,
+    /// Typists in the run (the spread of their first `typing` over a second).
+    typists: u32,
     protocol: Protocol,
     run: u32,
     stream: TcpStream,
@@ -598,6 +617,9 @@ struct Sock {
     seq: u64,
     j: u64,
     next_send_ns: Option<u64>,
+    /// `typing` commands sent this step, and when the next is due.
+    typed: u64,
+    next_typing_ns: Option<u64>,
 }
 
 /// How a socket's life ends.
@@ -634,6 +656,8 @@ async fn socket_task(
         room: layout.room_of(g),
         sender: layout.sender_of(g),
         senders: layout.senders,
+        typist: layout.typist_of(g),
+        typists: layout.typists,
         protocol: ctx.setup.protocol,
         run: ctx.setup.run,
         stream,
@@ -654,6 +678,8 @@ async fn socket_task(
         seq: 0,
         j: 0,
         next_send_ns: None,
+        typed: 0,
+        next_typing_ns: None,
     };
     let end = sock
         .run(
@@ -729,7 +755,7 @@ impl Sock {
                     if !self.ready {
                         return End::Failed("connect: timeout waiting for the list".to_owned());
                     }
-                    self.send(ctx);
+                    self.on_timer(ctx);
                     timer_armed = self.arm(timer.as_mut());
                 }
                 changed = plan_rx.changed(), if self.ready => {
@@ -764,6 +790,14 @@ impl Sock {
         self.plan = plan;
         self.j = 0;
         self.next_send_ns = None;
+        self.typed = 0;
+        self.next_typing_ns = None;
+        if let Plan::Send {
+            start_ns, end_ns, ..
+        } = plan
+        {
+            self.schedule_typing(start_ns, end_ns);
+        }
         if let (
             Plan::Send {
                 rate,
@@ -785,15 +819,54 @@ impl Sock {
         self.next_send_ns = (at < end_ns).then_some(at);
     }
 
-    /// Points the timer at the next send; returns whether it is armed.
+    /// A typist's `typing` number `typed` of the step: typist `t` of `T` starts `t / T` of a
+    /// second into the step (so the typists' commands are spread evenly), then one a second.
+    fn schedule_typing(&mut self, start_ns: u64, end_ns: u64) {
+        let Some(typist) = self.typist else { return };
+        let offset = u64::from(typist) * TYPING_INTERVAL_NS / u64::from(self.typists.max(1));
+        let at = start_ns + offset + self.typed * TYPING_INTERVAL_NS;
+        self.next_typing_ns = (at < end_ns).then_some(at);
+    }
+
+    /// Points the timer at the next send or `typing`; returns whether it is armed.
     fn arm(&self, timer: std::pin::Pin<&mut tokio::time::Sleep>) -> bool {
-        match self.next_send_ns {
+        let next = match (self.next_send_ns, self.next_typing_ns) {
+            (Some(send), Some(typing)) => Some(send.min(typing)),
+            (send, typing) => send.or(typing),
+        };
+        match next {
             Some(at) => {
                 timer.reset(instant_of(at));
                 true
             }
             None => false,
         }
+    }
+
+    /// The timer fired: sends the chat or the `typing` due first (when both are due, the timer
+    /// fires again at once for the other).
+    fn on_timer(&mut self, ctx: &Ctx) {
+        match (self.next_send_ns, self.next_typing_ns) {
+            (Some(send), Some(typing)) if typing < send => self.send_typing(),
+            (None, Some(_)) => self.send_typing(),
+            _ => self.send(ctx),
+        }
+    }
+
+    /// Queues a `{"type":"typing"}` command and schedules the next.
+    fn send_typing(&mut self) {
+        let Plan::Send {
+            start_ns, end_ns, ..
+        } = self.plan
+        else {
+            self.next_typing_ns = None;
+            return;
+        };
+        let mask = self.rng.mask();
+        wire::encode_masked(&mut self.out, wire::OP_TEXT, scan::TYPING_COMMAND, mask);
+        with_tally(|tally| tally.counters.typing_sent += 1);
+        self.typed += 1;
+        self.schedule_typing(start_ns, end_ns);
     }
 
     /// Sends the message due now, queues its frame, and schedules the next.
@@ -821,6 +894,9 @@ impl Sock {
         };
         self.scratch.clear();
         match self.protocol {
+            Protocol::Confab if self.typist.is_some() => {
+                scan::write_chat_command(&mut self.scratch, &tag, ctx.setup.size);
+            }
             Protocol::Confab => scan::write_tag(&mut self.scratch, &tag, ctx.setup.size),
             Protocol::Socketio => {
                 let mut text = Vec::with_capacity(ctx.setup.size);
@@ -990,7 +1066,17 @@ impl Sock {
                             if i64::from(tag.step) == accepting {
                                 let st = tally.step(tag.step);
                                 st.received += 1;
-                                st.latency.record(now.saturating_sub(tag.sent_ns) / 1000);
+                                let us = now.saturating_sub(tag.sent_ns) / 1000;
+                                st.latency.record(us);
+                                let layout = &ctx.setup.layout;
+                                if layout.typists > 0 {
+                                    let g = layout.client_of_sender(tag.sender);
+                                    if layout.typist_of(g).is_some() {
+                                        st.latency_typists.record(us);
+                                    } else {
+                                        st.latency_others.record(us);
+                                    }
+                                }
                             } else {
                                 tally.counters.late += 1;
                             }
@@ -1004,10 +1090,11 @@ impl Sock {
                     _ => {}
                 }
             }
+            Kind::Typing => tally.counters.typing_received += 1,
             Kind::Error => {
                 let code = std::str::from_utf8(event.text).unwrap_or("?");
                 let code = match code {
-                    "rate_limited" | "too_long" | "unavailable" => code,
+                    "rate_limited" | "too_long" | "unavailable" | "bad_command" => code,
                     _ => "other",
                 };
                 *tally.counters.errors.entry(code.to_owned()).or_default() += 1;

@@ -217,3 +217,81 @@ fn two_processes_join_and_hold_connections() {
     assert_eq!(u(&connections["still_open"]), 30, "{connections:#}");
     assert!(connections["server_rss_per_connection"].is_number());
 }
+
+#[test]
+fn typists_send_typing_beside_chat_and_it_is_counted_apart() {
+    let node = start_confab();
+    // 6 rooms of 5, one typist (`v=2`) in each: its chat goes as a JSON command, its `typing`
+    // once a second; confab passes one per user per room per 2 s to the room's 4 others.
+    let report = bench(
+        &node,
+        &[
+            "--processes",
+            "2",
+            "rooms",
+            "--rooms",
+            "6",
+            "--room-size",
+            "5",
+            "--rate",
+            "2",
+            "--duration",
+            "3",
+            "--typing-fraction",
+            "0.2",
+        ],
+    );
+    assert_eq!(u(&report["layout"]["typists"]), 6, "{:#}", report["layout"]);
+    let step = &report["steps"][0];
+    assert_eq!(u(&step["expected"]), u(&step["sent"]) * 5, "{step:#}");
+    assert_eq!(
+        u(&step["received"]),
+        u(&step["expected"]),
+        "the typists' JSON chat arrives like everyone's: {step:#}"
+    );
+    assert_eq!(u(&step["out_of_order"]), 0);
+    assert_eq!(u(&step["duplicates"]), 0);
+    assert_eq!(u(&step["rate_limited"]), 0);
+    // Chat latency split by sender: the typists' chats (a fifth of the senders) and the others'.
+    let (typists, others) = (
+        u(&step["typists_latency_ms"]["count"]),
+        u(&step["others_latency_ms"]["count"]),
+    );
+    assert_eq!(typists + others, u(&step["received"]), "{step:#}");
+    assert_eq!(typists * 4, others, "6 of 30 senders type: {step:#}");
+    let counters = &step["counters"];
+    assert_eq!(
+        u(&counters["typing_sent"]),
+        6 * 3,
+        "one a second per typist: {counters:#}"
+    );
+    let typing = u(&counters["typing_received"]);
+    // At least the first of each typist's three passes (to 4 sockets), at most all of them.
+    assert!((6 * 4..=6 * 3 * 4).contains(&typing), "{counters:#}");
+    assert_eq!(counters["errors"], serde_json::json!({}), "no bad_command");
+    assert_eq!(
+        u(&report["counters"]["foreign"]),
+        0,
+        "every chat had its tag"
+    );
+    assert_eq!(u(&report["counters"]["out_of_order"]), 0);
+    assert_eq!(report["warnings"], serde_json::json!([]));
+
+    // Without --typing-fraction nothing of it shows: no typists, no typing counters.
+    let report = bench(
+        &node,
+        &[
+            "rooms",
+            "--rooms",
+            "2",
+            "--room-size",
+            "3",
+            "--duration",
+            "1",
+        ],
+    );
+    assert!(report["layout"].get("typists").is_none(), "{report:#}");
+    assert!(report["steps"][0].get("typists_latency_ms").is_none());
+    assert!(report["counters"].get("typing_sent").is_none());
+    assert!(report["counters"].get("typing_received").is_none());
+}
