@@ -20,6 +20,7 @@ fn identity() -> Identity {
         name: "Ada Lovelace".into(),
         image: "/static/avatars/3.svg".into(),
         role: None,
+        bot: false,
     })
 }
 

@@ -21,7 +21,7 @@ use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::{info, warn};
 
-use crate::api;
+use crate::api::{self, ApiClients};
 use crate::assets;
 use crate::auth::{self, CookieCodec, OriginPolicy, TokenVerifier};
 use crate::broker::{Broker, MemoryBroker, NodeBroker, RedisBroker};
@@ -60,6 +60,8 @@ pub struct Shared {
     pub cookies: CookieCodec,
     /// Which `Origin`s may open sockets.
     pub origins: OriginPolicy,
+    /// The HTTP API's tokens and their rate limits.
+    pub api_clients: ApiClients,
     /// Checks the host application's sign-in tokens; `None` when none are configured.
     pub tokens: Option<TokenVerifier>,
     /// Whose forwarding headers are believed.
@@ -129,6 +131,7 @@ impl AppState {
             )?;
         Ok(Self(Arc::new(Shared {
             cookies: CookieCodec::new(config.secret_bytes()),
+            api_clients: ApiClients::new(config.api_tokens.clone()),
             tokens,
             origins: OriginPolicy::new(config.allowed_origins.clone()),
             proxies: TrustedProxies::new(config.abuse.trusted_proxies.clone()),
@@ -236,7 +239,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(pages::show_health))
         .route("/readyz", get(pages::show_readiness))
         .route("/metrics", get(metrics::show_metrics))
-        .nest("/api", api::router());
+        .nest("/api", api::router(state.clone()));
     let routes = match &state.config.static_dir {
         // The files built into the binary: found whatever the working directory.
         None => routes.route("/static/{*path}", get(assets::get_asset)),

@@ -88,6 +88,9 @@ struct Cli {
     /// An `aud` every sign-in token must carry (unset: not checked).
     #[arg(long, env = "CONFAB_JWT_AUDIENCE")]
     jwt_audience: Option<String>,
+    /// A file of HTTP API bearer tokens, one per line, each at least 32 bytes; unset: no API.
+    #[arg(long, env = "CONFAB_API_TOKENS_FILE")]
+    api_tokens_file: Option<String>,
     /// `on`: the name form signs users in; `off`: only tokens do.
     #[arg(long, env = "CONFAB_NAME_SIGNIN", default_value = "on")]
     name_signin: String,
@@ -185,6 +188,8 @@ pub struct Config {
     pub tokens: Option<TokenConfig>,
     /// `CONFAB_NAME_SIGNIN`: whether the name form signs users in.
     pub name_signin: bool,
+    /// `CONFAB_API_TOKENS_FILE`: the HTTP API's bearer tokens; empty when the API is off.
+    pub api_tokens: Vec<SecretString>,
 }
 
 /// How the host application's sign-in tokens are checked.
@@ -460,6 +465,14 @@ impl Config {
             }
         };
 
+        let api_tokens = match cli.api_tokens_file.filter(|path| !path.is_empty()) {
+            None => Vec::new(),
+            Some(path) => read_api_tokens(&path).map_err(|problem| ConfigError {
+                setting: name("api_tokens_file", "CONFAB_API_TOKENS_FILE"),
+                problem,
+            })?,
+        };
+
         Ok(Self {
             bind,
             broker,
@@ -484,6 +497,7 @@ impl Config {
             runtime,
             tokens,
             name_signin,
+            api_tokens,
         })
     }
 
@@ -516,6 +530,7 @@ impl Config {
             runtime: RuntimeFlavor::MultiThread,
             tokens: None,
             name_signin: true,
+            api_tokens: Vec::new(),
         }
     }
 
@@ -697,6 +712,35 @@ fn read_secret_file(path: &str) -> Result<String, String> {
         return Err(format!("{path:?} is empty"));
     }
     Ok(secret.to_owned())
+}
+
+/// The shortest HTTP API token accepted, in bytes.
+pub const MIN_API_TOKEN_BYTES: usize = 32;
+
+/// The API tokens in `path`: one per line; blank lines and lines starting with `#` skipped.
+fn read_api_tokens(path: &str) -> Result<Vec<SecretString>, String> {
+    let content =
+        std::fs::read_to_string(path).map_err(|error| format!("cannot read {path:?}: {error}"))?;
+    let mut tokens = Vec::new();
+    for (number, line) in content.lines().enumerate() {
+        let token = line.trim();
+        if token.is_empty() || token.starts_with('#') {
+            continue;
+        }
+        if token.len() < MIN_API_TOKEN_BYTES {
+            // The token itself is never echoed: only where it is.
+            return Err(format!(
+                "the token on line {} of {path:?} is {} bytes; each must be at least {MIN_API_TOKEN_BYTES}",
+                number + 1,
+                token.len()
+            ));
+        }
+        tokens.push(SecretString::from(token.to_owned()));
+    }
+    if tokens.is_empty() {
+        return Err(format!("{path:?} holds no token"));
+    }
+    Ok(tokens)
 }
 
 /// IPs and CIDRs, comma-separated; a bare IP is a network of one.

@@ -289,6 +289,28 @@ impl Hub {
         }
     }
 
+    /// Closes every socket of user `user_id` in `room` on this node with 4003 (a moderator's
+    /// kick). Returns how many.
+    pub fn kick(&self, room: &str, user_id: &str) -> usize {
+        let mut rooms = self.lock();
+        let Some(subscribers) = rooms.get_mut(room) else {
+            return 0;
+        };
+        let mut kicked = 0;
+        subscribers.retain(|subscriber| {
+            if subscriber.user.id() != user_id {
+                return true;
+            }
+            subscriber.link.close(close::KICKED);
+            kicked += 1;
+            false
+        });
+        if subscribers.is_empty() {
+            rooms.remove(room);
+        }
+        kicked
+    }
+
     /// Wakes the task of every socket on this node (the node began draining).
     pub fn wake_all(&self) {
         for subscribers in self.lock().values() {
@@ -353,6 +375,7 @@ mod tests {
             name: id.into(),
             image: String::new(),
             role: None,
+            bot: false,
         })
     }
 

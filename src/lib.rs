@@ -9,7 +9,7 @@
 //! # Layout
 //! - [`config`]: `CONFAB_*` settings and their checks.
 //! - [`telemetry`]: logging setup.
-//! - [`api`]: `/api`, JSON over HTTP: scrollback.
+//! - [`api`]: `/api`, JSON over HTTP: scrollback; posting and moderation for backends.
 //! - [`app`]: shared state, the router, and `Application` (bind, serve, drain).
 //! - [`server`]: the HTTP/1 accept loop, with header timeouts and size caps.
 //! - [`file_limit`]: the open-file limit, raised at start-up.

@@ -34,6 +34,8 @@ pub struct Metrics {
     rejected: IntCounterVec,
     /// `confab_token_signins_total{result}`: sign-ins with the host application's token.
     pub token_signins: IntCounterVec,
+    /// `confab_api_requests_total{route,status}`: requests to `/api` routes.
+    pub api_requests: IntCounterVec,
     /// Time to publish one chat message through the broker (see its help text).
     pub broker_publish_seconds: Histogram,
     /// 1 when the broker is reachable.
@@ -99,11 +101,13 @@ pub enum Rejection {
     Forbidden,
     /// An edit or delete of a message the room does not retain.
     NotFound,
+    /// A socket of a user banned from the room.
+    Banned,
 }
 
 impl Rejection {
     /// Every reason, so that each is exported (as 0) from the start.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::TooLong,
         Self::RateLimited,
         Self::Unavailable,
@@ -123,6 +127,7 @@ impl Rejection {
         Self::BadCommand,
         Self::Forbidden,
         Self::NotFound,
+        Self::Banned,
     ];
 
     /// The label value.
@@ -147,6 +152,7 @@ impl Rejection {
             Self::BadCommand => "bad_command",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::Banned => "banned",
         }
     }
 }
@@ -200,6 +206,14 @@ impl Metrics {
                 "Sign-ins with the host application's token, by result (ok, or why it was refused).",
             ),
             &["result"],
+        )
+        .unwrap();
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "confab_api_requests_total",
+                "Requests to /api routes, by route (method and path pattern) and HTTP status.",
+            ),
+            &["route", "status"],
         )
         .unwrap();
         let broker_publish_seconds = Histogram::with_opts(
@@ -271,7 +285,7 @@ impl Metrics {
         .unwrap();
         node_info.with_label_values(&[node]).set(1);
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
             Box::new(connections.clone()),
             Box::new(messages_received.clone()),
             Box::new(messages_delivered.clone()),
@@ -279,6 +293,7 @@ impl Metrics {
             Box::new(disconnects.clone()),
             Box::new(rejected.clone()),
             Box::new(token_signins.clone()),
+            Box::new(api_requests.clone()),
             Box::new(broker_publish_seconds.clone()),
             Box::new(broker_up.clone()),
             Box::new(broker_delivery_lag_seconds.clone()),
@@ -320,6 +335,7 @@ impl Metrics {
             disconnects,
             rejected,
             token_signins,
+            api_requests,
             broker_publish_seconds,
             broker_up,
             broker_delivery_lag_seconds,

@@ -100,6 +100,31 @@ pub async fn delete<B: Broker>(
     .await
 }
 
+/// The longest ban a kick may carry: a year.
+pub const MAX_BAN: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// Removes user `user_id` from `room` on every node (their sockets close with 4003) and, with
+/// a `ban` above zero (at most [`MAX_BAN`]), refuses their new sockets in the room until it
+/// ends. Only moderators and admins may (`by`); `None` is the HTTP API, whose token is trusted.
+///
+/// # Errors
+/// [`ChangeRefused::Forbidden`] for anyone else; [`ChangeRefused::Unavailable`] when the broker
+/// is unreachable.
+pub async fn kick<B: Broker>(
+    broker: &B,
+    room: &RoomName,
+    by: Option<&Identity>,
+    user_id: &str,
+    ban: std::time::Duration,
+) -> Result<(), ChangeRefused> {
+    if by.is_some_and(|user| !user.user().role.is_some_and(Role::moderates)) {
+        return Err(ChangeRefused::Forbidden);
+    }
+    broker.kick(room, user_id, ban.min(MAX_BAN)).await?;
+    tracing::info!(room.id = %room, kicked.id = user_id, ban_s = ban.min(MAX_BAN).as_secs(), "user kicked");
+    Ok(())
+}
+
 /// Reads, checks and rewrites message `id`, and has the broker swap it in and publish
 /// `event`, again if the message changed meanwhile.
 async fn change<B: Broker>(
@@ -183,6 +208,7 @@ mod tests {
             name: format!("user {n}"),
             image: String::new(),
             role: None,
+            bot: false,
         })
     }
 

@@ -165,6 +165,7 @@ mod tests {
             name: "<img src=x onerror=alert(1)> & \"quotes\" 'single'".into(),
             image: "javascript:alert(1)\"".into(),
             role: None,
+            bot: false,
         }
     }
 

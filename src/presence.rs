@@ -128,6 +128,7 @@ mod tests {
             name: id.into(),
             image: String::new(),
             role: None,
+            bot: false,
         })
     }
 

@@ -70,6 +70,9 @@ pub struct User {
     /// Moderator or admin (from the token's `confab_role`); absent for everyone else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// A bot posting through the HTTP API (`"bot": true`); absent for people.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bot: bool,
 }
 
 impl User {
@@ -82,6 +85,7 @@ impl User {
             name: name.0,
             image: format!("/static/avatars/{avatar}.svg"),
             role: None,
+            bot: false,
         }
     }
 
@@ -197,6 +201,7 @@ mod tests {
             name: "a\"b".into(),
             image: "/x.svg".into(),
             role: None,
+            bot: false,
         });
         assert_eq!(
             identity.json().get(),

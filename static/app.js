@@ -68,6 +68,9 @@
   const CLOSE_POLICY = 1008;
   const CLOSE_INVALID_USER = 4001;
   const CLOSE_INVALID_ROOM = 4004;
+  const CLOSE_KICKED = 4003;
+  // How long a moderator's "Remove" keeps the user out of the room.
+  const KICK_BAN_SECONDS = 600;
 
   // The server's CONFAB_MAX_MESSAGE_CHARS, rendered into the page.
   const MAX_MESSAGE_CHARS = Number(document.getElementById('app').dataset.maxMessageChars) || 2000;
@@ -260,17 +263,30 @@
       // An edit or delete in flight may be lost with the socket (if it was
       // applied, its frame comes back after the reconnect): stop looking busy.
       for (const li of el.list.querySelectorAll('li.message.saving')) li.classList.remove('saving');
-      handleClose(event.code);
+      handleClose(event.code, event.reason);
     });
     // An `error` event is always followed by `close`, which does the work.
   }
 
-  function handleClose(code) {
+  function handleClose(code, reason) {
     if (code === CLOSE_INVALID_USER) {
       // The cookie is missing or no longer valid: only signing in again helps.
       stopped = true;
       setStatus('offline', 'Signed out');
       location.assign('/signin');
+      return;
+    }
+    if (code === CLOSE_KICKED) {
+      // A moderator removed us (reason "Kicked"), or we are banned from the
+      // room ("Banned"): reconnecting would not help, and must not look like it.
+      stopped = true;
+      setStatus('offline', 'Removed');
+      showNotice(
+        reason === 'Banned'
+          ? 'You are banned from this room for now.'
+          : 'A moderator removed you from this room.',
+        { sticky: true },
+      );
       return;
     }
     if (code === CLOSE_INVALID_ROOM) {
@@ -1213,11 +1229,42 @@
         you.className = 'you';
         you.textContent = '(you)';
         li.append(' ', you);
+      } else if (me.role === 'moderator' || me.role === 'admin') {
+        li.append(renderRemove(user));
       }
       return li;
     });
     el.users.replaceChildren(...items);
     el.onlineCount.textContent = `${users.size} online`;
+  }
+
+  /**
+   * A moderator's "Remove" beside another user: asks once ("Remove Ann for 10
+   * minutes?"), then sends `kick` with a 10-minute ban; their sockets close on
+   * every node and the list updates with their `left`.
+   */
+  function renderRemove(user) {
+    const remove = actionButton('Remove', `Remove ${user.name} from the room`);
+    remove.classList.add('remove-button');
+    remove.addEventListener('click', () => {
+      if (remove.dataset.confirming === 'yes') {
+        if (sendCommand({ type: 'kick', user_id: user.id, ban_seconds: KICK_BAN_SECONDS })) {
+          remove.disabled = true;
+          remove.textContent = 'Removing…';
+        }
+        return;
+      }
+      remove.dataset.confirming = 'yes';
+      remove.textContent = 'Remove for 10 min?';
+      remove.setAttribute('aria-label', `Yes, remove ${user.name} for 10 minutes`);
+    });
+    remove.addEventListener('blur', () => {
+      if (remove.disabled) return;
+      delete remove.dataset.confirming;
+      remove.textContent = 'Remove';
+      remove.setAttribute('aria-label', `Remove ${user.name} from the room`);
+    });
+    return remove;
   }
 
   /** Recently visited rooms, newest first, without lobby (always listed first). */

@@ -40,6 +40,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(id > 0);
             vec![]
         }
+        Incoming::Command(Command::Kick { user_id, .. }) => {
+            assert!(!user_id.is_empty());
+            vec![]
+        }
         Incoming::Command(Command::Typing)
         | Incoming::BadCommand
         | Incoming::Binary

@@ -12,6 +12,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After`, on `429`.
+    retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -36,6 +38,32 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// `403 forbidden`: not allowed to the caller.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// `413 too_large`: a body over the limit.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
+    /// `422 too_long`: a message text over `CONFAB_MAX_MESSAGE_CHARS`.
+    pub fn too_long(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "too_long", message)
+    }
+
+    /// `429 rate_limited`, with `Retry-After`.
+    pub fn rate_limited(retry_after: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many requests with this token; try again in {retry_after} s."),
+        );
+        error.retry_after = Some(retry_after);
+        error
+    }
+
     /// `503 unavailable`: the broker could not answer.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
@@ -46,6 +74,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -68,6 +97,13 @@ impl IntoResponse for ApiError {
         };
         // Two strings always serialize.
         let json = serde_json::to_string(&body).expect("an error body serializes");
-        (self.status, [(CONTENT_TYPE, "application/json")], json).into_response()
+        let mut response =
+            (self.status, [(CONTENT_TYPE, "application/json")], json).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

@@ -8,10 +8,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::debug;
+use utoipa::ToSchema;
 
-use super::ApiError;
+use super::{ApiError, ErrorBody};
 use crate::app::AppState;
 use crate::broker::Broker;
 use crate::protocol::RoomName;
@@ -28,7 +29,35 @@ pub struct ScrollbackQuery {
     limit: Option<String>,
 }
 
+/// One page of scrollback, for the OpenAPI document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Scrollback {
+    /// `chat` frames as on the socket, oldest first, each in its latest state
+    /// (`"edited": true`, or `"deleted": true` with `"data": ""`).
+    #[schema(value_type = Vec<Object>)]
+    messages: Vec<serde_json::Value>,
+    /// Whether the room retains older messages.
+    more: bool,
+}
+
 /// Answers one page of scrollback: `{"messages": [frames], "more": bool}`.
+#[utoipa::path(
+    get,
+    path = "/api/rooms/{room}/messages",
+    params(
+        ("room" = String, Path, description = "A room name: [a-z0-9][a-z0-9_-]{0,31}"),
+        ("before" = Option<u64>, Query, description = "Only messages with smaller ids; absent: the newest"),
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 50"),
+    ),
+    responses(
+        (status = 200, description = "A page of retained chat messages, oldest first", body = Scrollback),
+        (status = 400, description = "`before` or `limit` out of range", body = ErrorBody),
+        (status = 401, description = "No valid user cookie", body = ErrorBody),
+        (status = 404, description = "Not a room name", body = ErrorBody),
+        (status = 503, description = "The broker is unavailable", body = ErrorBody),
+    ),
+    security(("user_cookie" = []))
+)]
 pub async fn get_messages(
     State(state): State<AppState>,
     Path(room): Path<String>,

@@ -109,6 +109,7 @@ mod tests {
             name: "Ann 🦀 王".into(),
             image: "/static/avatars/1.svg".into(),
             role: None,
+            bot: false,
         }
     }
 

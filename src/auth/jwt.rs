@@ -225,6 +225,7 @@ fn user_of(claims: Claims) -> Result<User, TokenRefused> {
         name: name.as_str().to_owned(),
         image,
         role,
+        bot: false,
     })
 }
 

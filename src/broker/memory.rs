@@ -56,6 +56,8 @@ struct State {
     /// When each user last had a `typing` frame sent on, per room; entries older than
     /// [`TYPING_INTERVAL`] are dropped by the janitor.
     typing: HashMap<(RoomName, String), Instant>,
+    /// Users banned from rooms, until when; expired bans are dropped by the janitor.
+    bans: HashMap<(RoomName, String), Instant>,
 }
 
 struct Room {
@@ -76,6 +78,7 @@ impl MemoryBroker {
                 next_ticket: 1,
                 rooms: HashMap::new(),
                 typing: HashMap::new(),
+                bans: HashMap::new(),
             }),
             hub,
             history_len: chat.history,
@@ -227,6 +230,28 @@ impl Broker for MemoryBroker {
             .unwrap_or_default())
     }
 
+    async fn members(&self, room: &RoomName) -> Result<Vec<Arc<RawValue>>, BrokerError> {
+        let state = self.shared.lock();
+        Ok(state
+            .rooms
+            .get(room)
+            .map(|entry| entry.presence.members())
+            .unwrap_or_default())
+    }
+
+    async fn kick(&self, room: &RoomName, user_id: &str, ban: Duration) -> Result<(), BrokerError> {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if !ban.is_zero() {
+            state
+                .bans
+                .insert((room.clone(), user_id.to_owned()), Instant::now() + ban);
+        }
+        drop(state);
+        shared.hub.kick(room.as_str(), user_id);
+        Ok(())
+    }
+
     async fn join(
         &self,
         room: &RoomName,
@@ -235,6 +260,14 @@ impl Broker for MemoryBroker {
     ) -> Result<Snapshot, BrokerError> {
         let shared = &*self.shared;
         let mut state = shared.lock();
+        let key = (room.clone(), user.id().to_owned());
+        if state
+            .bans
+            .get(&key)
+            .is_some_and(|until| *until > Instant::now())
+        {
+            return Err(BrokerError::Banned);
+        }
         let entry = state.room(room, shared);
         entry.idle_since = None;
         if entry.presence.arrive(user) == Arrival::Joined {
@@ -330,6 +363,7 @@ fn evict_idle_rooms(state: &mut State, now: Instant, retention: Duration, max_id
     state
         .typing
         .retain(|_, last| now.duration_since(*last) < TYPING_INTERVAL);
+    state.bans.retain(|_, until| *until > now);
     let mut idle: Vec<(Instant, RoomName)> = state
         .rooms
         .iter()
@@ -368,6 +402,7 @@ mod tests {
             name: id.into(),
             image: String::new(),
             role: None,
+            bot: false,
         })
     }
 
@@ -485,5 +520,37 @@ mod tests {
             2,
         );
         assert_eq!(broker.room_count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod ban_tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::user::User;
+
+    #[tokio::test]
+    async fn a_banned_user_cannot_join_until_the_ban_ends() {
+        let mut chat = crate::config::Config::for_tests().chat;
+        chat.leave_grace = Duration::ZERO;
+        let broker = MemoryBroker::new(Arc::new(Hub::new(Metrics::new("t"))), &chat);
+        let ann = Identity::new(User {
+            id: "ann".into(),
+            name: "ann".into(),
+            image: String::new(),
+            role: None,
+            bot: false,
+        });
+        let room = RoomName::lobby();
+        broker.join(&room, &ann, None).await.unwrap();
+        broker
+            .kick(&room, "ann", Duration::from_secs(60))
+            .await
+            .unwrap();
+        broker.leave(&room, &ann).await;
+        assert!(matches!(
+            broker.join(&room, &ann, None).await,
+            Err(BrokerError::Banned)
+        ));
     }
 }

@@ -72,6 +72,9 @@ pub enum BrokerError {
     /// socket every frame.
     #[error("the node's subscription to the room's partition has not started yet")]
     Starting,
+    /// A join of a user banned from the room: the socket closes with 4003.
+    #[error("the user is banned from the room")]
+    Banned,
 }
 
 /// What the rest of confab needs from a broker.
@@ -136,6 +139,27 @@ pub trait Broker: Send + Sync {
         before: Option<u64>,
         limit: usize,
     ) -> impl Future<Output = Result<ScrollbackPage, BrokerError>> + Send;
+
+    /// The users online in `room` (each once, as in a `list` frame).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker is unreachable.
+    fn members(
+        &self,
+        room: &RoomName,
+    ) -> impl Future<Output = Result<Vec<Arc<RawValue>>, BrokerError>> + Send;
+
+    /// Closes every socket of user `user_id` in `room`, on every node, with 4003; with a
+    /// `ban` above zero, the user's new sockets in the room are closed with 4003 until it ends.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker is unreachable; nobody was kicked.
+    fn kick(
+        &self,
+        room: &RoomName,
+        user_id: &str,
+        ban: Duration,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
     /// Counts one more socket of `user` in `room`, announcing `join` if it is the user's first
     /// anywhere, and returns the [`Snapshot`] for the new socket. The caller must already be
@@ -221,6 +245,20 @@ impl Broker for NodeBroker {
         match self {
             Self::Memory(broker) => broker.scrollback(room, before, limit).await,
             Self::Redis(broker) => Box::pin(broker.scrollback(room, before, limit)).await,
+        }
+    }
+
+    async fn members(&self, room: &RoomName) -> Result<Vec<Arc<RawValue>>, BrokerError> {
+        match self {
+            Self::Memory(broker) => broker.members(room).await,
+            Self::Redis(broker) => Box::pin(broker.members(room)).await,
+        }
+    }
+
+    async fn kick(&self, room: &RoomName, user_id: &str, ban: Duration) -> Result<(), BrokerError> {
+        match self {
+            Self::Memory(broker) => broker.kick(room, user_id, ban).await,
+            Self::Redis(broker) => Box::pin(broker.kick(room, user_id, ban)).await,
         }
     }
 

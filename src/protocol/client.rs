@@ -65,6 +65,13 @@ pub enum Command<'a> {
         /// The message to delete.
         id: u64,
     },
+    /// A moderator removes a user from the room, and bans them for a while.
+    Kick {
+        /// The user to remove.
+        user_id: Cow<'a, str>,
+        /// How long their new sockets in the room are refused; 0: not at all.
+        ban_seconds: u64,
+    },
 }
 
 /// A `v=2` command as it comes over the wire. Unknown fields are ignored, so that a newer
@@ -85,6 +92,12 @@ enum WireCommand<'a> {
     Delete {
         id: u64,
     },
+    Kick {
+        #[serde(borrow)]
+        user_id: Cow<'a, str>,
+        #[serde(default)]
+        ban_seconds: u64,
+    },
 }
 
 /// Reads one `v=2` command.
@@ -102,9 +115,17 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, BadCommand> {
         WireCommand::Typing => Command::Typing,
         WireCommand::Edit { id, data } => Command::Edit { id, text: data },
         WireCommand::Delete { id } => Command::Delete { id },
+        WireCommand::Kick {
+            user_id,
+            ban_seconds,
+        } => Command::Kick {
+            user_id,
+            ban_seconds,
+        },
     };
     match command {
         Command::Edit { id: 0, .. } | Command::Delete { id: 0 } => Err(BadCommand),
+        Command::Kick { ref user_id, .. } if user_id.is_empty() => Err(BadCommand),
         command => Ok(command),
     }
 }
@@ -204,7 +225,23 @@ mod tests {
 
     #[test]
     fn commands_are_read_from_json_and_anything_else_is_a_bad_command() {
-        let cases: [(&str, Result<Command<'_>, BadCommand>); 17] = [
+        let cases: [(&str, Result<Command<'_>, BadCommand>); 21] = [
+            (
+                r#"{"type":"kick","user_id":"u2"}"#,
+                Ok(Command::Kick {
+                    user_id: "u2".into(),
+                    ban_seconds: 0,
+                }),
+            ),
+            (
+                r#"{"type":"kick","user_id":"u2","ban_seconds":600}"#,
+                Ok(Command::Kick {
+                    user_id: "u2".into(),
+                    ban_seconds: 600,
+                }),
+            ),
+            (r#"{"type":"kick","user_id":""}"#, Err(BadCommand)),
+            (r#"{"type":"kick","ban_seconds":5}"#, Err(BadCommand)),
             (
                 r#"{"type":"chat","data":" hi "}"#,
                 Ok(Command::Chat(" hi ".into())),

@@ -30,9 +30,11 @@ pub const INVALID_USER: u16 = 4001;
 pub const INVALID_SINCE: u16 = 4000;
 /// The `room` parameter was empty or not a valid room name.
 pub const INVALID_ROOM: u16 = 4004;
+/// A moderator removed the user from the room, or the user is banned from it.
+pub const KICKED: u16 = 4003;
 
 /// Every code with a label of its own, so each is exported (as 0) from the start.
-pub const ALL: [u16; 15] = [
+pub const ALL: [u16; 16] = [
     NORMAL,
     GOING_AWAY,
     1002,
@@ -47,6 +49,7 @@ pub const ALL: [u16; 15] = [
     TRY_AGAIN_LATER,
     INVALID_SINCE,
     INVALID_USER,
+    KICKED,
     INVALID_ROOM,
 ];
 
@@ -68,6 +71,7 @@ pub fn metric_label(code: u16) -> &'static str {
         TRY_AGAIN_LATER => "1013",
         INVALID_SINCE => "4000",
         INVALID_USER => "4001",
+        KICKED => "4003",
         INVALID_ROOM => "4004",
         _ => "other",
     }
@@ -85,6 +89,7 @@ pub fn reason(code: u16) -> &'static str {
         INVALID_SINCE => "Invalid since",
         INVALID_USER => "Invalid user",
         INVALID_ROOM => "Invalid room",
+        KICKED => "Kicked",
         _ => "",
     }
 }

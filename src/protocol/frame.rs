@@ -198,7 +198,11 @@ pub struct FrameHeader<'a> {
     /// When the publishing node made it, in ms since the Unix epoch.
     #[serde(default)]
     pub ts: u64,
-    /// Who it is from: read for `typing` frames, which skip their typist's own sockets.
+    /// The frame's type: read for id-0 frames, which are `typing` frames or `kick` notices.
+    #[serde(default, rename = "type", borrow)]
+    pub kind: Option<&'a str>,
+    /// Who it is from: read for `typing` frames, which skip their typist's own sockets, and
+    /// `kick` notices, which name whom to close.
     #[serde(default, borrow)]
     pub user: Option<FrameUser<'a>>,
 }

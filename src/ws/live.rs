@@ -11,11 +11,13 @@ use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::Utf8Bytes;
 
 use super::commands::{self, Origin, Outcome, Pending};
 use crate::app::{AppState, ConnectionSlot};
 use crate::broker::Broker;
-use crate::broker::TYPING_INTERVAL;
+use crate::broker::{BrokerError, TYPING_INTERVAL};
 use crate::hub::SocketLink;
 use crate::metrics::{Metrics, Rejection};
 use crate::protocol::{
@@ -176,6 +178,15 @@ where
         let state = &self.state;
         let snapshot = match state.broker.join(&self.room, &self.user, since).await {
             Ok(snapshot) => snapshot,
+            Err(BrokerError::Banned) => {
+                state.metrics.reject(Rejection::Banned);
+                let banned = Message::Close(Some(CloseFrame {
+                    code: close::KICKED.into(),
+                    reason: Utf8Bytes::from_static("Banned"),
+                }));
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.send(banned)).await;
+                return Err(close::KICKED);
+            }
             Err(error) => {
                 // Redis outages are logged once by the broker; per-socket detail is debug.
                 debug!(%error, "cannot join: broker unavailable");

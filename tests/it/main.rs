@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod acl;
+mod api;
 mod cluster;
 mod conversations;
 mod drain;

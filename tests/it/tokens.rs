@@ -390,4 +390,24 @@ async fn a_moderator_deletes_anyones_message_but_edits_only_their_own() {
         .send(&json!({"type": "delete", "id": rules}).to_string())
         .await;
     assert_eq!(ann_socket.recv().await["code"], "forbidden");
+
+    // Kicks: refused to users, done for moderators (the socket closes with 4003, and the
+    // ban refuses the next one).
+    ann_socket
+        .send(&json!({"type": "kick", "user_id": "mod-1"}).to_string())
+        .await;
+    assert_eq!(ann_socket.recv().await["code"], "forbidden");
+    mo_socket
+        .send(&json!({"type": "kick", "user_id": "ann-1", "ban_seconds": 60}).to_string())
+        .await;
+    let (code, reason, _) = ann_socket.recv_close().await;
+    assert_eq!((code, reason.as_str()), (4003, "Kicked"));
+    let mut again = app.connect(&ann, "?room=modroom&v=2").await;
+    let (code, reason, _) = again.recv_close().await;
+    assert_eq!((code, reason.as_str()), (4003, "Banned"));
+    assert_eq!(
+        app.metric(r#"confab_rejected_total{reason="banned"}"#)
+            .await,
+        1.0
+    );
 }

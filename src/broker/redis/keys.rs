@@ -157,6 +157,11 @@ impl Partition {
         format!("{}room:{room}:typing:{user_id}", self.prefix())
     }
 
+    /// Set while `user_id` is banned from `room` (its lifetime is the ban's).
+    pub fn ban_key(self, room: &RoomName, user_id: &str) -> String {
+        format!("{}room:{room}:ban:{user_id}", self.prefix())
+    }
+
     /// Every key of `room` that presence scripts write (`presence.lua`'s `room_key`): its
     /// socket counts, online set, users, farewells and history.
     pub fn room_keys(self, room: &RoomName) -> [String; 5] {

@@ -41,7 +41,7 @@ use self::connection::{Commands, Target};
 use self::keys::{Partition, registry};
 pub use self::partition::LINGER;
 use self::partition::PartitionTable;
-use self::scripts::{Common, JoinReply, PartitionKeys, ScriptSettings, Scripts};
+use self::scripts::{Common, JoinOutcome, PartitionKeys, ScriptSettings, Scripts};
 use super::{Amendment, Broker, BrokerError, ScrollbackPage, Snapshot, TYPING_INTERVAL};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -50,6 +50,7 @@ use crate::protocol::{
     EventKind, Frame, RetainedChat, RoomName, event_body, frame_id, now_ms, typing_frame,
 };
 use crate::user::Identity;
+use serde_json::value::RawValue;
 
 /// How long any one Redis command may take before the node treats Redis as unreachable.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -262,6 +263,32 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn members(&self, room: &RoomName) -> Result<Vec<Arc<RawValue>>, BrokerError> {
+        let [_, _, users, _, _] = Partition::of(room).room_keys(room);
+        let members: Vec<String> = self
+            .shared
+            .query(redis::cmd("HVALS").arg(users).clone())
+            .await?;
+        Ok(members
+            .into_iter()
+            .filter_map(|json| RawValue::from_string(json).ok())
+            .map(Arc::from)
+            .collect())
+    }
+
+    async fn kick(&self, room: &RoomName, user_id: &str, ban: Duration) -> Result<(), BrokerError> {
+        let partition = Partition::of(room);
+        let shared = &self.shared;
+        let notice = kick_notice(room, user_id);
+        let mut call = shared.scripts()?.kick.prepare_invoke();
+        call.key(partition.ban_key(room, user_id))
+            .arg(&shared.keys[partition.index()].channel)
+            .arg(notice)
+            .arg(ban.as_millis() as u64);
+        let _: i64 = shared.run(call).await?;
+        Ok(())
+    }
+
     async fn retained(&self, room: &RoomName, id: u64) -> Result<Option<String>, BrokerError> {
         let key = Partition::of(room).retained_key(room);
         let found: Vec<String> = self
@@ -359,6 +386,7 @@ impl Broker for RedisBroker {
             .common(partition)
             .invoke_presence(&shared.scripts()?.join);
         declare_room_keys(&mut call, partition, room, &shared.node_id);
+        call.key(partition.ban_key(room, user.id()));
         call.arg(&shared.node_id)
             .arg(room.as_str())
             .arg(user.id())
@@ -366,8 +394,15 @@ impl Broker for RedisBroker {
             .arg(farewell(user))
             .arg(join_body(room, user))
             .arg(JOIN_SWEEP_BATCH);
-        let reply: JoinReply = match shared.run(call).await {
-            Ok(reply) => reply,
+        let outcome = shared.run(call).await;
+        if let Ok(JoinOutcome::Banned) = outcome {
+            shared.local().remove(room, user);
+            shared.partitions.release(partition);
+            return Err(BrokerError::Banned);
+        }
+        let reply = match outcome {
+            Ok(JoinOutcome::Joined(reply)) => reply,
+            Ok(JoinOutcome::Banned) => unreachable!("handled above"),
             Err(error) => {
                 shared.local().remove(room, user);
                 shared.partitions.release(partition);
@@ -864,6 +899,13 @@ fn declare_room_keys(
     }
 }
 
+/// The notice a `kick` publishes on the room's partition: id 0, never passed to a socket; each
+/// node closes the user's sockets in the room when it hears it.
+fn kick_notice(room: &RoomName, user_id: &str) -> String {
+    serde_json::json!({"id": 0, "type": "kick", "room": room.as_str(), "user": {"id": user_id}})
+        .to_string()
+}
+
 /// The `"user":…,"data":"<name> left."` part of a `left` frame, stored at join so that any
 /// node can announce the departure.
 fn farewell(user: &Identity) -> String {
@@ -975,6 +1017,7 @@ mod tests {
             name: "a \"quoted\" 名前".into(),
             image: "/i.svg".into(),
             role: None,
+            bot: false,
         });
         let frame = format!(
             r#"{{"id":7,"type":"left","room":"lobby",{},"ts":5}}"#,
@@ -1004,6 +1047,7 @@ mod tests {
             name: "ann".into(),
             image: String::new(),
             role: None,
+            bot: false,
         });
         let lobby = RoomName::lobby();
         let mut local = LocalPresence::default();

@@ -28,6 +28,7 @@ pub(super) struct Scripts {
     pub(super) publish: Script,
     pub(super) amend: Script,
     pub(super) typing: Script,
+    pub(super) kick: Script,
     pub(super) join: Script,
     pub(super) leave: Script,
     pub(super) sweep: Script,
@@ -80,6 +81,7 @@ impl Scripts {
             publish: emitting(include_str!("lua/publish.lua")),
             amend: emitting(include_str!("lua/amend.lua")),
             typing: Script::new(&settings.fill(include_str!("lua/typing.lua"))),
+            kick: Script::new(&settings.fill(include_str!("lua/kick.lua"))),
             join: presence(include_str!("lua/join.lua")),
             leave: presence(include_str!("lua/leave.lua")),
             sweep: presence(include_str!("lua/sweep.lua")),
@@ -190,6 +192,26 @@ pub(super) struct JoinReply {
     pub(super) history: Vec<String>,
     /// The online users' JSON.
     pub(super) members: Vec<Box<RawValue>>,
+}
+
+/// What the join script answers: the snapshot, or a refusal.
+pub(super) enum JoinOutcome {
+    /// The socket is counted; its snapshot.
+    Joined(JoinReply),
+    /// The user is banned from the room; nothing changed.
+    Banned,
+}
+
+impl FromRedisValue for JoinOutcome {
+    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
+        if let redis::Value::Array(items) = &value
+            && let [redis::Value::BulkString(word)] = items.as_slice()
+            && word.as_slice() == b"banned"
+        {
+            return Ok(Self::Banned);
+        }
+        JoinReply::from_redis_value(value).map(Self::Joined)
+    }
 }
 
 impl FromRedisValue for JoinReply {

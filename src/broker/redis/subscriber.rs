@@ -288,7 +288,7 @@ impl Relay<'_> {
             return Ok(());
         };
         if header.id == 0 {
-            self.relay_typing(&header, text);
+            self.relay_unsequenced(&header, text);
             return Ok(());
         }
         let partition = Partition::of_id(header.id);
@@ -314,9 +314,10 @@ impl Relay<'_> {
         Ok(())
     }
 
-    /// Hands on a `typing` frame: id 0, outside the partition's sequence, so no gap to fill and
-    /// nothing to repair if it is lost; it skips its typist's own sockets.
-    fn relay_typing(&self, header: &FrameHeader<'_>, text: &str) {
+    /// Acts on a frame with id 0, outside the partition's sequence (no gap to fill, nothing to
+    /// repair if it is lost): a `typing` frame goes to the room's sockets but its typist's own;
+    /// a `kick` notice closes the user's sockets in the room and reaches nobody.
+    fn relay_unsequenced(&self, header: &FrameHeader<'_>, text: &str) {
         let Ok(room) = RoomName::parse(header.room) else {
             return;
         };
@@ -326,9 +327,17 @@ impl Relay<'_> {
         ) else {
             return;
         };
-        self.shared
-            .hub
-            .dispatch_typing(room.as_str(), &Frame::new(0, text), &user.id);
+        let hub = &self.shared.hub;
+        match header.kind {
+            Some("typing") => hub.dispatch_typing(room.as_str(), &Frame::new(0, text), &user.id),
+            Some("kick") => {
+                let kicked = hub.kick(room.as_str(), &user.id);
+                if kicked > 0 {
+                    info!(room.id = %room, sockets = kicked, "kicked a user's sockets");
+                }
+            }
+            _ => warn!("ignoring an unknown id-0 frame on a partition channel"),
+        }
     }
 
     /// Reads the partition's log after the last delivered id, up to the newest entry.

@@ -8,6 +8,7 @@
 mod chat;
 mod delete;
 mod edit;
+mod kick;
 mod typing;
 
 use std::pin::Pin;
@@ -46,6 +47,10 @@ pub(crate) fn apply(command: Command<'_>, origin: &Origin<'_>) -> Outcome {
         Command::Typing => typing::apply(origin),
         Command::Edit { id, text } => edit::apply(id, &text, origin),
         Command::Delete { id } => delete::apply(id, origin),
+        Command::Kick {
+            user_id,
+            ban_seconds,
+        } => kick::apply(&user_id, ban_seconds, origin),
     }
 }
 

@@ -68,4 +68,18 @@ test('a moderator deletes a message of someone else from the page', { timeout: 9
   assert.equal(deleted.length, 1);
   assert.ok(!seen.some((m) => m.text === 'buy cheap watches'), 'its text is gone');
   assert.deepEqual(mo.page.problems.dialogs, []);
+
+  // Remove ann from the room: she is told, and stays out (banned for 10 minutes) even after a
+  // reload; the moderator's list drops her.
+  const annInList = mo.page.locator('#users li.user', { hasText: 'ann' });
+  const remove = annInList.getByRole('button', { name: 'Remove ann from the room' });
+  await remove.focus();
+  await mo.page.keyboard.press('Enter');
+  await annInList.getByRole('button', { name: 'Yes, remove ann for 10 minutes' }).click();
+  await ann.page.locator('#notice-bar', { hasText: 'A moderator removed you from this room.' }).waitFor();
+  await mo.page.locator('#users li.user', { hasText: 'ann' }).waitFor({ state: 'detached' });
+  await ann.page.reload();
+  await ann.page.locator('#notice-bar', { hasText: 'You are banned from this room for now.' }).waitFor();
+  assert.equal(await ann.page.locator('#status').getAttribute('data-state'), 'offline');
+  await h.screenshot(ann.page, 'kicked');
 });

@@ -6,6 +6,8 @@
 -- ARGV[7]: node, [8]: room, [9]: user id, [10]: user JSON, [11]: the `left` frame's
 -- `"user":…,"data":…` fragment, [12]: the `join` frame body, [13]: most departures to sweep.
 local node, room, uid = ARGV[7], ARGV[8], ARGV[9]
+-- KEYS[11]: the user's ban from the room (set by `kick`): a banned user changes nothing.
+if redis.call('EXISTS', KEYS[11]) == 1 then return {'banned'} end
 sweep(tonumber(ARGV[13]), room)
 local field = room .. ' ' .. uid
 redis.call('HINCRBY', node_sockets(node), field, 1)
