@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
@@ -19,7 +19,7 @@ use tracing::{debug, info};
 use utoipa::ToSchema;
 
 use super::client::ApiClient;
-use super::{ApiError, ErrorBody, json_body, room_of};
+use super::{ApiError, ErrorBody, json_body, path_of, room_of};
 use crate::app::AppState;
 use crate::broker::Broker;
 use crate::protocol::{ChatText, check_chat_text};
@@ -83,10 +83,10 @@ pub struct Members {
 pub async fn post_message(
     client: ApiClient,
     State(state): State<AppState>,
-    Path(room): Path<String>,
+    room: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let room = room_of(&room)?;
+    let room = room_of(&path_of(room)?)?;
     let post: PostMessage = json_body(body)?;
     let text = match check_chat_text(&post.text, state.config.chat.max_message_chars) {
         ChatText::Valid(text) => text,
@@ -154,9 +154,9 @@ fn bot_identity(bot: BotUser) -> Result<Identity, ApiError> {
 pub async fn get_members(
     _client: ApiClient,
     State(state): State<AppState>,
-    Path(room): Path<String>,
+    room: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let room = room_of(&room)?;
+    let room = room_of(&path_of(room)?)?;
     let members = state.broker.members(&room).await.map_err(|error| {
         debug!(%error, "cannot list members: broker unavailable");
         ApiError::unavailable("The chat service is unavailable; try again shortly.")

@@ -20,7 +20,7 @@ pub mod rooms;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::{self, Next};
@@ -132,6 +132,19 @@ async fn count_request(State(state): State<AppState>, request: Request, next: Ne
         .with_label_values(&[route.as_str(), response.status().as_str()])
         .inc();
     response
+}
+
+/// The path's parameters, or `400` JSON (axum's own answer would be plain text).
+fn path_of<T>(path: Result<axum::extract::Path<T>, PathRejection>) -> Result<T, ApiError> {
+    path.map(|axum::extract::Path(value)| value)
+        .map_err(|rejection| ApiError::bad_request(format!("Bad path: {}", rejection.body_text())))
+}
+
+/// The query's parameters, or `400` JSON.
+fn query_of<T>(query: Result<axum::extract::Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|axum::extract::Query(value)| value)
+        .map_err(|rejection| ApiError::bad_request(format!("Bad query: {}", rejection.body_text())))
 }
 
 /// A room name from the path, or `404` JSON.

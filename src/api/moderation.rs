@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use tracing::info;
 use utoipa::ToSchema;
 
 use super::client::ApiClient;
-use super::{ApiError, ErrorBody, json_body, room_of};
+use super::{ApiError, ErrorBody, json_body, path_of, room_of};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::moderation::{self, ChangeRefused, MAX_BAN};
@@ -63,8 +63,9 @@ pub struct Kick {
 pub async fn delete_message(
     client: ApiClient,
     State(state): State<AppState>,
-    Path((room, id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let (room, id) = path_of(path)?;
     let room = room_of(&room)?;
     let id: u64 =
         id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
@@ -104,10 +105,10 @@ pub async fn delete_message(
 pub async fn post_kick(
     client: ApiClient,
     State(state): State<AppState>,
-    Path(room): Path<String>,
+    room: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let room = room_of(&room)?;
+    let room = room_of(&path_of(room)?)?;
     let kick: Kick = json_body(body)?;
     if kick.user_id.is_empty() || kick.user_id.len() > 128 {
         return Err(ApiError::bad_request("`user_id` must be 1 to 128 bytes."));

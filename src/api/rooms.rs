@@ -4,6 +4,7 @@
 //! The page asks for the page before the oldest message it shows, so pages and the live
 //! history meet at one id: nothing twice, nothing out of order.
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue};
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 use utoipa::ToSchema;
 
-use super::{ApiError, ErrorBody};
+use super::{ApiError, ErrorBody, path_of, query_of};
 use crate::app::AppState;
 use crate::broker::Broker;
 use crate::protocol::RoomName;
@@ -60,10 +61,12 @@ pub struct Scrollback {
 )]
 pub async fn get_messages(
     State(state): State<AppState>,
-    Path(room): Path<String>,
-    Query(query): Query<ScrollbackQuery>,
+    room: Result<Path<String>, PathRejection>,
+    query: Result<Query<ScrollbackQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let room = path_of(room)?;
+    let query = query_of(query)?;
     if state.cookies.identify(&headers).is_none() {
         return Err(ApiError::unauthorized("Sign in first."));
     }
