@@ -125,15 +125,14 @@ async fn without_a_tokens_file_the_api_is_not_there() {
     );
 }
 
-#[tokio::test]
-async fn every_route_needs_a_valid_bearer_token() {
-    let app = spawn_app_with(with_api).await;
+async fn every_route_needs_a_valid_bearer_token(nodes: [&TestApp; 2]) {
+    let app = nodes[1];
     for token in [
         None,
         Some("wrong-token-wrong-token-wrong-token-0"),
         Some(""),
     ] {
-        let (status, _, body) = call(&app, "GET", "/api/rooms/lobby/members", token, None).await;
+        let (status, _, body) = call(app, "GET", "/api/rooms/lobby/members", token, None).await;
         assert_eq!(
             (status, body["error"].as_str()),
             (401, Some("unauthorized")),
@@ -141,7 +140,7 @@ async fn every_route_needs_a_valid_bearer_token() {
         );
     }
     let (status, _, _) = call(
-        &app,
+        app,
         "GET",
         "/api/rooms/lobby/members",
         Some(OTHER_TOKEN),
@@ -156,6 +155,7 @@ async fn every_route_needs_a_valid_bearer_token() {
         .await;
     assert_eq!(response.status(), 401);
 }
+on_every_broker!(every_route_needs_a_valid_bearer_token);
 
 async fn a_bot_message_reaches_every_node_in_order_with_the_others(nodes: [&TestApp; 2]) {
     let [a, b] = nodes;
@@ -195,11 +195,10 @@ async fn a_bot_message_reaches_every_node_in_order_with_the_others(nodes: [&Test
 }
 on_every_broker!(a_bot_message_reaches_every_node_in_order_with_the_others);
 
-#[tokio::test]
-async fn bad_posts_get_json_errors_and_reach_nobody() {
-    let app = spawn_app_with(with_api).await;
-    let ann = app.sign_in("ann").await;
-    let (mut socket, _) = app.join(&ann, "quiet").await;
+async fn bad_posts_get_json_errors_and_reach_nobody(nodes: [&TestApp; 2]) {
+    let [app, other] = nodes;
+    let ann = other.sign_in("ann").await;
+    let (mut socket, _) = other.join(&ann, "quiet").await;
     let long = "x".repeat(2001);
     let huge = format!(
         r#"{{"text":"{}","user":{{"id":"b","name":"B"}}}}"#,
@@ -233,7 +232,7 @@ async fn bad_posts_get_json_errors_and_reach_nobody() {
     ];
     for (body, status, code) in cases {
         let (got, _, json) = call(
-            &app,
+            app,
             "POST",
             "/api/rooms/quiet/messages",
             Some(TOKEN),
@@ -249,7 +248,7 @@ async fn bad_posts_get_json_errors_and_reach_nobody() {
         assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     let (status, _, json) = call(
-        &app,
+        app,
         "POST",
         "/api/rooms/Not%20a%20room/messages",
         Some(TOKEN),
@@ -261,6 +260,7 @@ async fn bad_posts_get_json_errors_and_reach_nobody() {
     socket.send("after the refusals").await;
     assert_eq!(socket.recv().await["data"], "after the refusals");
 }
+on_every_broker!(bad_posts_get_json_errors_and_reach_nobody);
 
 async fn the_api_deletes_messages_and_kicks_with_bans_on_every_node(nodes: [&TestApp; 2]) {
     let [a, b] = nodes;
@@ -371,6 +371,37 @@ async fn the_api_deletes_messages_and_kicks_with_bans_on_every_node(nodes: [&Tes
     }
 }
 on_every_broker!(the_api_deletes_messages_and_kicks_with_bans_on_every_node);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_holds_across_nodes_and_a_restart_of_the_node() {
+    let redis = crate::redis_server::RedisServer::start().await;
+    let a = crate::redis_server::spawn_node_with(&redis, "node-a", with_api).await;
+    let b = crate::redis_server::spawn_node_with(&redis, "node-b", with_api).await;
+    let ann = b.sign_in("ann").await;
+    let (mut socket, _) = b.join(&ann, "strict").await;
+    let kick = json!({"user_id": ann.user.id, "ban_seconds": 600}).to_string();
+    let (status, _, _) = call(
+        &a,
+        "POST",
+        "/api/rooms/strict/kicks",
+        Some(TOKEN),
+        Some(&kick),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (code, _, _) = socket.recv_close().await;
+    assert_eq!(code, 4003);
+    // Node b goes away and comes back (a new process state, the same Redis): the ban holds.
+    b.stop().await.unwrap();
+    let b = crate::redis_server::spawn_node_with(&redis, "node-b", with_api).await;
+    for node in [&a, &b] {
+        let mut again = node.connect(&ann, "?room=strict").await;
+        let (code, reason, _) = again.recv_close().await;
+        assert_eq!((code, reason.as_str()), (4003, "Banned"));
+    }
+    // Other rooms are open to her.
+    b.join(&ann, "lobby").await;
+}
 
 #[tokio::test]
 async fn each_token_has_its_own_rate_limit_and_every_request_is_counted() {

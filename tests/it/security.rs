@@ -388,3 +388,75 @@ async fn rediss_urls_connect_over_tls() {
         chat_through_a_logged_node(&redis, &[("SSL_CERT_FILE", &certificates.ca_cert)]).await;
     assert!(!logs.contains("tls-pw-9c1d"));
 }
+
+#[tokio::test]
+async fn api_tokens_sign_in_tokens_and_their_keys_never_reach_the_logs() {
+    let api_token = "api-token-that-must-never-be-logged-4d2a9e";
+    let jwt_key = "jwt-key-that-must-never-be-logged-0b7c5f1e";
+    let dir = crate::helpers::TempDir::new("log-secrets");
+    let tokens_file = dir.path().join("tokens");
+    std::fs::write(&tokens_file, format!("{api_token}\n")).unwrap();
+    let tokens_path = tokens_file.to_str().unwrap().to_owned();
+    let mut process = ConfabProcess::start(&[
+        ("RUST_LOG", "debug"),
+        ("CONFAB_API_TOKENS_FILE", &tokens_path),
+        ("CONFAB_JWT_KEY", jwt_key),
+    ])
+    .await;
+    let base = format!("http://{}", process.addr);
+    let http = client();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "u-logs", "name": "Logs", "exp": now + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(jwt_key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "u-logs", "name": "Logs", "exp": now - 600}),
+        &jsonwebtoken::EncodingKey::from_secret(jwt_key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    for (token, status) in [(&jwt, 302), (&expired, 401)] {
+        let response = http
+            .get(format!("{base}/signin/token?token={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status);
+    }
+    let wrong = "a-wrong-api-token-that-is-long-enough-77";
+    for (token, status) in [(api_token, 201), (wrong, 401)] {
+        let response = http
+            .post(format!("{base}/api/rooms/lobby/messages"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(r#"{"text":"from a bot","user":{"id":"b","name":"Bot"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status);
+    }
+    process.signal("TERM");
+    process.wait().await;
+    let logs = process.output();
+    assert!(
+        logs.contains("bot message posted"),
+        "the logs were captured: {logs}"
+    );
+    for (secret, what) in [
+        (api_token, "the API token"),
+        (wrong, "a wrong API token"),
+        (jwt_key, "the JWT key"),
+        (jwt.as_str(), "a sign-in token"),
+        (expired.as_str(), "a refused sign-in token"),
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "{what} appears in the logs:\n{logs}"
+        );
+    }
+}
