@@ -12,40 +12,6 @@ use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 const TOKEN: &str = "api-token-of-the-weather-bot-0123456789";
 const OTHER_TOKEN: &str = "api-token-of-the-moderation-backend-9876";
 
-/// Runs `$name` on the embedded broker (one node playing both) and on two nodes of one Redis
-/// and of a Redis Cluster, all with the API on.
-macro_rules! on_every_broker {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                let app = crate::helpers::spawn_app_with(super::with_api).await;
-                super::$name([&app, &app]).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_one_redis() {
-                let redis = crate::redis_server::RedisServer::start().await;
-                let a =
-                    crate::redis_server::spawn_node_with(&redis, "node-a", super::with_api).await;
-                let b =
-                    crate::redis_server::spawn_node_with(&redis, "node-b", super::with_api).await;
-                super::$name([&a, &b]).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_a_redis_cluster() {
-                let redis = crate::redis_cluster::RedisCluster::start().await;
-                let a =
-                    crate::redis_server::spawn_node_with(&redis, "node-a", super::with_api).await;
-                let b =
-                    crate::redis_server::spawn_node_with(&redis, "node-b", super::with_api).await;
-                super::$name([&a, &b]).await;
-            }
-        }
-    };
-}
-
 fn with_api(config: &mut Config) {
     config.api_tokens = vec![TOKEN.to_owned().into(), OTHER_TOKEN.to_owned().into()];
 }
@@ -155,7 +121,7 @@ async fn every_route_needs_a_valid_bearer_token(nodes: [&TestApp; 2]) {
         .await;
     assert_eq!(response.status(), 401);
 }
-on_every_broker!(every_route_needs_a_valid_bearer_token);
+on_every_broker!(every_route_needs_a_valid_bearer_token, super::with_api);
 
 async fn a_bot_message_reaches_every_node_in_order_with_the_others(nodes: [&TestApp; 2]) {
     let [a, b] = nodes;
@@ -193,7 +159,10 @@ async fn a_bot_message_reaches_every_node_in_order_with_the_others(nodes: [&Test
     names.sort_unstable();
     assert_eq!(names, ["ann", "bob"], "a bot posting is not a member");
 }
-on_every_broker!(a_bot_message_reaches_every_node_in_order_with_the_others);
+on_every_broker!(
+    a_bot_message_reaches_every_node_in_order_with_the_others,
+    super::with_api
+);
 
 async fn bad_posts_get_json_errors_and_reach_nobody(nodes: [&TestApp; 2]) {
     let [app, other] = nodes;
@@ -260,7 +229,7 @@ async fn bad_posts_get_json_errors_and_reach_nobody(nodes: [&TestApp; 2]) {
     socket.send("after the refusals").await;
     assert_eq!(socket.recv().await["data"], "after the refusals");
 }
-on_every_broker!(bad_posts_get_json_errors_and_reach_nobody);
+on_every_broker!(bad_posts_get_json_errors_and_reach_nobody, super::with_api);
 
 async fn the_api_deletes_messages_and_kicks_with_bans_on_every_node(nodes: [&TestApp; 2]) {
     let [a, b] = nodes;
@@ -370,7 +339,10 @@ async fn the_api_deletes_messages_and_kicks_with_bans_on_every_node(nodes: [&Tes
         );
     }
 }
-on_every_broker!(the_api_deletes_messages_and_kicks_with_bans_on_every_node);
+on_every_broker!(
+    the_api_deletes_messages_and_kicks_with_bans_on_every_node,
+    super::with_api
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ban_holds_across_nodes_and_a_restart_of_the_node() {

@@ -12,44 +12,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, TestSocket, TestUser, chat_texts, ids, spawn_app, types};
 
-/// Runs the conversation test `$name` on every broker: `embedded` (one node, playing both
-/// nodes), `on_one_redis` and `on_a_redis_cluster` (two nodes each), with the settings of
-/// `$settings` (default [`settings`]).
-macro_rules! on_every_broker {
-    ($name:ident) => {
-        on_every_broker!($name, settings);
-    };
-    ($name:ident, $settings:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                let app = crate::helpers::spawn_app_with(super::$settings).await;
-                super::$name([&app, &app]).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_one_redis() {
-                let redis = crate::redis_server::RedisServer::start().await;
-                let a =
-                    crate::redis_server::spawn_node_with(&redis, "node-a", super::$settings).await;
-                let b =
-                    crate::redis_server::spawn_node_with(&redis, "node-b", super::$settings).await;
-                super::$name([&a, &b]).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_a_redis_cluster() {
-                let redis = crate::redis_cluster::RedisCluster::start().await;
-                let a =
-                    crate::redis_server::spawn_node_with(&redis, "node-a", super::$settings).await;
-                let b =
-                    crate::redis_server::spawn_node_with(&redis, "node-b", super::$settings).await;
-                super::$name([&a, &b]).await;
-            }
-        }
-    };
-}
-
 /// Small limits, so that tests reach them: 4 frames of history, 6 retained messages.
 fn settings(config: &mut Config) {
     config.chat.history = 4;
@@ -166,7 +128,10 @@ async fn scrollback_pages_back_through_the_retained_chat_messages(nodes: [&TestA
     let (_, empty) = scrollback(b, &bob, "never-used", "").await;
     assert_eq!(empty, json!({"messages": [], "more": false}));
 }
-on_every_broker!(scrollback_pages_back_through_the_retained_chat_messages);
+on_every_broker!(
+    scrollback_pages_back_through_the_retained_chat_messages,
+    super::settings
+);
 
 #[tokio::test]
 async fn scrollback_refuses_what_it_cannot_answer_with_json_errors() {
@@ -259,7 +224,10 @@ async fn commands_need_v2_and_a_bad_one_loses_nothing_else(nodes: [&TestApp; 2])
         6.0
     );
 }
-on_every_broker!(commands_need_v2_and_a_bad_one_loses_nothing_else);
+on_every_broker!(
+    commands_need_v2_and_a_bad_one_loses_nothing_else,
+    super::settings
+);
 
 async fn typing_reaches_the_others_once_per_interval_and_is_never_kept(nodes: [&TestApp; 2]) {
     let [a, b] = nodes;
@@ -327,7 +295,10 @@ async fn typing_reaches_the_others_once_per_interval_and_is_never_kept(nodes: [&
         "a new interval, a new typing frame"
     );
 }
-on_every_broker!(typing_reaches_the_others_once_per_interval_and_is_never_kept);
+on_every_broker!(
+    typing_reaches_the_others_once_per_interval_and_is_never_kept,
+    super::settings
+);
 
 async fn authors_edit_and_delete_and_everyone_sees_the_latest_state(nodes: [&TestApp; 2]) {
     let [a, b] = nodes;
@@ -443,7 +414,10 @@ async fn authors_edit_and_delete_and_everyone_sees_the_latest_state(nodes: [&Tes
     assert_eq!(opening.history[0], edit);
     assert_eq!(opening.history[1], delete);
 }
-on_every_broker!(authors_edit_and_delete_and_everyone_sees_the_latest_state);
+on_every_broker!(
+    authors_edit_and_delete_and_everyone_sees_the_latest_state,
+    super::settings
+);
 
 /// Retained for one second only, to see messages age out.
 fn short_retention(config: &mut Config) {
@@ -472,7 +446,10 @@ async fn messages_past_the_retention_age_are_gone(nodes: [&TestApp; 2]) {
     .await;
     assert_eq!(recv_type(&mut socket, "error").await["code"], "not_found");
 }
-on_every_broker!(messages_past_the_retention_age_are_gone, short_retention);
+on_every_broker!(
+    messages_past_the_retention_age_are_gone,
+    super::short_retention
+);
 
 async fn any_interleaving_of_chats_edits_and_deletes_ends_the_same_everywhere(
     nodes: [&TestApp; 2],
@@ -602,7 +579,7 @@ async fn any_interleaving_of_chats_edits_and_deletes_ends_the_same_everywhere(
 }
 on_every_broker!(
     any_interleaving_of_chats_edits_and_deletes_ends_the_same_everywhere,
-    many_retained
+    super::many_retained
 );
 
 /// Enough retained messages for the interleaving test's every chat.

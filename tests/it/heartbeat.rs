@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use confab::Config;
 use confab::app::AppState;
-use confab::protocol::RoomName;
+use confab::protocol::{Dialect, RoomName};
 use confab::user::{Identity, User};
 use confab::ws::{
     FrameSink, IDLE_TIMEOUT, Opening, PING_INTERVAL, WRITE_STALL_TIMEOUT, run_connection,
@@ -132,11 +132,9 @@ async fn assert_ended_with(task: tokio::task::JoinHandle<()>, state: &AppState, 
     );
 }
 
-async fn open_socket() -> (Client, tokio::task::JoinHandle<()>, AppState) {
-    let state = AppState::new(Config::for_tests()).await.unwrap();
-    let (to_server, incoming) = mpsc::unbounded_channel();
-    let (outgoing, from_server) = mpsc::unbounded_channel();
-    let opening = Opening {
+/// What the upgrade learned of ann's socket in the lobby.
+fn opening(dialect: Dialect) -> Opening {
+    Opening {
         user: Some(Identity::new(User {
             id: "u1".into(),
             name: "ann".into(),
@@ -146,9 +144,16 @@ async fn open_socket() -> (Client, tokio::task::JoinHandle<()>, AppState) {
         })),
         room: Ok(RoomName::lobby()),
         since: Ok(None),
-        dialect: confab::protocol::Dialect::Text,
+        dialect,
         permit: None,
-    };
+    }
+}
+
+async fn open_socket() -> (Client, tokio::task::JoinHandle<()>, AppState) {
+    let state = AppState::new(Config::for_tests()).await.unwrap();
+    let (to_server, incoming) = mpsc::unbounded_channel();
+    let (outgoing, from_server) = mpsc::unbounded_channel();
+    let opening = opening(Dialect::Text);
     let slot = state.connection_slot().unwrap();
     let writable = Arc::new(AtomicBool::new(true));
     let flushable = Arc::new(AtomicBool::new(true));
@@ -283,19 +288,7 @@ async fn an_idle_socket_task_stays_small() {
     let state = AppState::new(Config::for_tests()).await.unwrap();
     let (_to_server, incoming) = mpsc::unbounded_channel();
     let (outgoing, _from_server) = mpsc::unbounded_channel();
-    let opening = Opening {
-        user: Some(Identity::new(User {
-            id: "u1".into(),
-            name: "ann".into(),
-            image: "/static/avatars/0.svg".into(),
-            role: None,
-            bot: false,
-        })),
-        room: Ok(RoomName::lobby()),
-        since: Ok(None),
-        dialect: confab::protocol::Dialect::Commands,
-        permit: None,
-    };
+    let opening = opening(Dialect::Commands);
     let slot = state.connection_slot().unwrap();
     let socket = ChannelSocket {
         incoming,
