@@ -281,6 +281,9 @@
       // room ("Banned"): reconnecting would not help, and must not look like it.
       stopped = true;
       setStatus('offline', 'Removed');
+      // Nothing typed here could be sent: say so by taking the box away.
+      el.input.disabled = true;
+      for (const button of el.composer.querySelectorAll('button')) button.disabled = true;
       showNotice(
         reason === 'Banned'
           ? 'You are banned from this room for now.'

@@ -81,5 +81,6 @@ test('a moderator deletes a message of someone else from the page', { timeout: 9
   await ann.page.reload();
   await ann.page.locator('#notice-bar', { hasText: 'You are banned from this room for now.' }).waitFor();
   assert.equal(await ann.page.locator('#status').getAttribute('data-state'), 'offline');
+  assert.ok(await ann.page.locator('#message-input').isDisabled(), 'nothing can be typed for nowhere');
   await h.screenshot(ann.page, 'kicked');
 });
