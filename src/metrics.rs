@@ -319,6 +319,9 @@ impl Metrics {
         for reason in Rejection::ALL {
             rejected.with_label_values(&[reason.as_str()]);
         }
+        for (route, status) in crate::api::ROUTES {
+            api_requests.with_label_values(&[route, status]);
+        }
         for result in crate::auth::jwt::TokenRefused::LABELS {
             token_signins.with_label_values(&[result]);
         }

@@ -37,6 +37,17 @@ pub use error::ApiError;
 use crate::app::AppState;
 use crate::protocol::RoomName;
 
+/// Every route of `/api` as `confab_api_requests_total` labels it, with its success status:
+/// exported as 0 from the start, so rates and alerts have a series before the first request.
+pub const ROUTES: [(&str, &str); 6] = [
+    ("GET /api/rooms/{room}/messages", "200"),
+    ("POST /api/rooms/{room}/messages", "201"),
+    ("DELETE /api/rooms/{room}/messages/{id}", "204"),
+    ("GET /api/rooms/{room}/members", "200"),
+    ("POST /api/rooms/{room}/kicks", "204"),
+    ("GET /api/openapi.json", "200"),
+];
+
 /// The routes under `/api`, to be nested there.
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
