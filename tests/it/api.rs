@@ -379,7 +379,7 @@ async fn a_ban_holds_across_nodes_and_a_restart_of_the_node() {
 async fn each_token_has_its_own_rate_limit_and_every_request_is_counted() {
     let app = spawn_app_with(with_api).await;
     let mut limited = None;
-    for n in 0..80 {
+    for n in 0..1000 {
         let (status, headers, body) =
             call(&app, "GET", "/api/rooms/lobby/members", Some(TOKEN), None).await;
         if status == 429 {

@@ -419,10 +419,10 @@ on_every_broker!(
     super::settings
 );
 
-/// Retained for one second only, to see messages age out.
+/// Retained for two seconds only, to see messages age out.
 fn short_retention(config: &mut Config) {
     settings(config);
-    config.chat.retain_for = Duration::from_secs(1);
+    config.chat.retain_for = Duration::from_secs(2);
 }
 
 async fn messages_past_the_retention_age_are_gone(nodes: [&TestApp; 2]) {
@@ -436,7 +436,7 @@ async fn messages_past_the_retention_age_are_gone(nodes: [&TestApp; 2]) {
         chat_texts(page["messages"].as_array().unwrap()),
         ["soon gone"]
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, page) = scrollback(b, &ann, "aging", "").await;
     assert_eq!(page, json!({"messages": [], "more": false}));
     command(
