@@ -198,13 +198,22 @@ pub struct FrameHeader<'a> {
     /// When the publishing node made it, in ms since the Unix epoch.
     #[serde(default)]
     pub ts: u64,
-    /// The frame's type: read for id-0 frames, which are `typing` frames or `kick` notices.
-    #[serde(default, rename = "type", borrow)]
-    pub kind: Option<&'a str>,
-    /// Who it is from: read for `typing` frames, which skip their typist's own sockets, and
-    /// `kick` notices, which name whom to close.
-    #[serde(default, borrow)]
-    pub user: Option<FrameUser<'a>>,
+}
+
+/// What a node reads from a frame with id 0, outside the id sequence: a `typing` frame or a
+/// `kick` notice. Read only for those, so that sequenced frames (nearly all) parse no more
+/// than their [`FrameHeader`].
+#[derive(Debug, serde::Deserialize)]
+pub struct UnsequencedHeader<'a> {
+    /// `typing` or `kick`.
+    #[serde(rename = "type", borrow)]
+    pub kind: &'a str,
+    /// The room it belongs to.
+    #[serde(borrow)]
+    pub room: &'a str,
+    /// The typist (whose own sockets it skips), or the user to kick.
+    #[serde(borrow)]
+    pub user: FrameUser<'a>,
 }
 
 /// The one field of a frame's `user` a node reads.

@@ -24,8 +24,8 @@ pub use client::{
 };
 pub use close::close_message;
 pub use frame::{
-    DeleteData, EditData, EventKind, Frame, FrameHeader, event_body, frame_id, list_frame,
-    parse_frame_header, splice_id, typing_frame,
+    DeleteData, EditData, EventKind, Frame, FrameHeader, UnsequencedHeader, event_body, frame_id,
+    list_frame, parse_frame_header, splice_id, typing_frame,
 };
 pub use server::ErrorCode;
 

@@ -38,7 +38,7 @@ use super::connection::Commands;
 use super::keys::{LEGACY_SEQ_KEY, PARTITIONS, Partition};
 use super::{COMMAND_TIMEOUT, MAX_BACKOFF, Shared};
 use crate::broker::BrokerError;
-use crate::protocol::{Frame, FrameHeader, RoomName, frame_id, parse_frame_header};
+use crate::protocol::{Frame, RoomName, UnsequencedHeader, frame_id, parse_frame_header};
 
 /// How often the subscription connection is pinged, so a silently dead one is noticed, and
 /// lingering partitions are let go.
@@ -288,7 +288,7 @@ impl Relay<'_> {
             return Ok(());
         };
         if header.id == 0 {
-            self.relay_unsequenced(&header, text);
+            self.relay_unsequenced(text);
             return Ok(());
         }
         let partition = Partition::of_id(header.id);
@@ -317,21 +317,22 @@ impl Relay<'_> {
     /// Acts on a frame with id 0, outside the partition's sequence (no gap to fill, nothing to
     /// repair if it is lost): a `typing` frame goes to the room's sockets but its typist's own;
     /// a `kick` notice closes the user's sockets in the room and reaches nobody.
-    fn relay_unsequenced(&self, header: &FrameHeader<'_>, text: &str) {
+    fn relay_unsequenced(&self, text: &str) {
+        let Ok(header) = serde_json::from_str::<UnsequencedHeader<'_>>(text) else {
+            warn!("ignoring a malformed id-0 frame on a partition channel");
+            return;
+        };
         let Ok(room) = RoomName::parse(header.room) else {
             return;
         };
-        let (Some(user), Some(_)) = (
-            header.user.as_ref(),
-            self.delivered[Partition::of(&room).index()],
-        ) else {
+        if self.delivered[Partition::of(&room).index()].is_none() {
             return;
-        };
-        let hub = &self.shared.hub;
+        }
+        let (hub, user) = (&self.shared.hub, &header.user.id);
         match header.kind {
-            Some("typing") => hub.dispatch_typing(room.as_str(), &Frame::new(0, text), &user.id),
-            Some("kick") => {
-                let kicked = hub.kick(room.as_str(), &user.id);
+            "typing" => hub.dispatch_typing(room.as_str(), &Frame::new(0, text), user),
+            "kick" => {
+                let kicked = hub.kick(room.as_str(), user);
                 if kicked > 0 {
                     info!(room.id = %room, sockets = kicked, "kicked a user's sockets");
                 }
