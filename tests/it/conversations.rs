@@ -300,6 +300,45 @@ on_every_broker!(
     super::settings
 );
 
+async fn history_is_the_newest_frames_of_every_kind_in_id_order(nodes: [&TestApp; 2]) {
+    let [a, b] = nodes;
+    let (ann, bob) = (a.sign_in("ann").await, b.sign_in("bob").await);
+    let (mut ann_socket, _) = join_v2(a, &ann, "mixed").await;
+    let (mut bob_socket, _) = join_v2(b, &bob, "mixed").await;
+    recv_type(&mut ann_socket, "join").await;
+    let mut chats = Vec::new();
+    for text in ["c1", "c2", "c3"] {
+        command(&mut ann_socket, json!({"type": "chat", "data": text})).await;
+        chats.push(recv_type(&mut bob_socket, "chat").await);
+    }
+    let (_carol_socket, _) = join_v2(b, &b.sign_in("carol").await, "mixed").await;
+    let carol_join = recv_type(&mut bob_socket, "join").await;
+    let c3 = chats[2]["id"].as_u64().unwrap();
+    command(
+        &mut ann_socket,
+        json!({"type": "edit", "id": c3, "data": "c3 again"}),
+    )
+    .await;
+    let edit = recv_type(&mut bob_socket, "edit").await;
+
+    // Newest first: dan's own join, the edit, carol's join, then c3 in its latest state —
+    // four frames (CONFAB_HISTORY), whatever list each is kept in.
+    let (_, history) = join_v2(a, &a.sign_in("dan").await, "mixed").await;
+    assert_eq!(types(&history), ["chat", "join", "edit", "join"]);
+    assert_eq!(history[0]["id"], c3);
+    assert_eq!(history[0]["data"], "c3 again");
+    assert_eq!(history[0]["edited"], true);
+    assert_eq!(history[1], carol_join);
+    assert_eq!(history[2], edit);
+    assert_eq!(history[3]["data"], "dan joined.");
+    let history_ids = ids(&history);
+    assert!(history_ids.windows(2).all(|pair| pair[0] < pair[1]));
+}
+on_every_broker!(
+    history_is_the_newest_frames_of_every_kind_in_id_order,
+    super::settings
+);
+
 async fn authors_edit_and_delete_and_everyone_sees_the_latest_state(nodes: [&TestApp; 2]) {
     let [a, b] = nodes;
     let (ann, bob) = (a.sign_in("ann").await, b.sign_in("bob").await);

@@ -140,15 +140,26 @@ impl Partition {
         format!("{}node:{node}:sockets", self.prefix())
     }
 
-    /// The room's newest frames (list), replayed to a joining socket.
-    pub fn history_key(self, room: &RoomName) -> String {
-        format!("{}room:{room}:history", self.prefix())
+    /// The room's retained chat frames (list, in id order), each in its latest state: its
+    /// scrollback, and with [`Partition::events_key`] its history.
+    pub fn chats_key(self, room: &RoomName) -> String {
+        self.room_key(room, "chats")
     }
 
-    /// The room's retained chat frames for scrollback (sorted set, scored by id), each in its
-    /// latest state.
-    pub fn retained_key(self, room: &RoomName) -> String {
-        format!("{}room:{room}:retained", self.prefix())
+    /// The room's newest frames other than chats (list, in id order): `join`, `left`, `edit`,
+    /// `delete`. A joining socket's history is the newest of these and the chats together.
+    pub fn events_key(self, room: &RoomName) -> String {
+        self.room_key(room, "events")
+    }
+
+    /// The room's online users' JSON, by user id (hash).
+    pub fn users_key(self, room: &RoomName) -> String {
+        self.room_key(room, "users")
+    }
+
+    /// `room`'s key named `part` (`presence.lua`'s `room_key`).
+    fn room_key(self, room: &RoomName, part: &str) -> String {
+        format!("{}room:{room}:{part}", self.prefix())
     }
 
     /// Set for [`crate::broker::TYPING_INTERVAL`] when `user_id`'s `typing` in `room` went
@@ -162,12 +173,11 @@ impl Partition {
         format!("{}room:{room}:ban:{user_id}", self.prefix())
     }
 
-    /// Every key of `room` that presence scripts write (`presence.lua`'s `room_key`): its
-    /// socket counts, online set, users, farewells and history.
-    pub fn room_keys(self, room: &RoomName) -> [String; 5] {
-        let prefix = self.prefix();
-        ["sockets", "online", "users", "farewell", "history"]
-            .map(|part| format!("{prefix}room:{room}:{part}"))
+    /// Every key of `room` that presence scripts touch (`presence.lua`'s `room_key`): its
+    /// socket counts, online set, users, farewells, events and chats (read for the history).
+    pub fn room_keys(self, room: &RoomName) -> [String; 6] {
+        ["sockets", "online", "users", "farewell", "events", "chats"]
+            .map(|part| self.room_key(room, part))
     }
 }
 
@@ -241,10 +251,7 @@ mod tests {
                 "partition {partition}'s keys hash to slot {slot}"
             );
             assert_eq!(slot, super::slot(&partition.channel()));
-            assert_eq!(
-                slot,
-                super::slot(&partition.history_key(&RoomName::lobby()))
-            );
+            assert_eq!(slot, super::slot(&partition.chats_key(&RoomName::lobby())));
         }
     }
 
@@ -264,7 +271,9 @@ mod tests {
         let room = RoomName::parse("general").unwrap();
         let partition = Partition::of(&room);
         let keys = partition.room_keys(&room);
-        assert_eq!(keys[4], partition.history_key(&room));
+        assert_eq!(keys[2], partition.users_key(&room));
+        assert_eq!(keys[4], partition.events_key(&room));
+        assert_eq!(keys[5], partition.chats_key(&room));
         // presence.lua: PREFIX .. 'room:' .. room .. ':' .. part
         assert_eq!(
             keys[0],

@@ -242,9 +242,7 @@ impl Broker for RedisBroker {
         let body = event_body(EventKind::Chat, room, user.json(), text, now_ms());
         let shared = &self.shared;
         let mut call = shared.common(partition).invoke(&shared.scripts()?.publish);
-        call.key(partition.history_key(room))
-            .key(partition.retained_key(room))
-            .arg(body);
+        call.key(partition.chats_key(room)).arg(body);
         let id: u64 = shared.run(call).await?;
         shared.partitions.saw(id);
         Ok(id)
@@ -264,7 +262,7 @@ impl Broker for RedisBroker {
     }
 
     async fn members(&self, room: &RoomName) -> Result<Vec<Arc<RawValue>>, BrokerError> {
-        let [_, _, users, _, _] = Partition::of(room).room_keys(room);
+        let users = Partition::of(room).users_key(room);
         let members: Vec<String> = self
             .shared
             .query(redis::cmd("HVALS").arg(users).clone())
@@ -290,13 +288,12 @@ impl Broker for RedisBroker {
     }
 
     async fn retained(&self, room: &RoomName, id: u64) -> Result<Option<String>, BrokerError> {
-        let key = Partition::of(room).retained_key(room);
-        let found: Vec<String> = self
-            .shared
-            .query(redis::cmd("ZRANGEBYSCORE").arg(key).arg(id).arg(id).clone())
-            .await?;
-        let oldest_kept = now_ms().saturating_sub(self.shared.retain_for.as_millis() as u64);
-        Ok(found.into_iter().next().filter(|frame| {
+        let shared = &self.shared;
+        let mut call = shared.scripts()?.retained.prepare_invoke();
+        call.key(Partition::of(room).chats_key(room)).arg(id);
+        let found: Option<String> = shared.run(call).await?;
+        let oldest_kept = now_ms().saturating_sub(shared.retain_for.as_millis() as u64);
+        Ok(found.filter(|frame| {
             RetainedChat::parse(frame).is_some_and(|chat| chat.ts() >= oldest_kept)
         }))
     }
@@ -309,8 +306,8 @@ impl Broker for RedisBroker {
         let partition = Partition::of(room);
         let shared = &self.shared;
         let mut call = shared.common(partition).invoke(&shared.scripts()?.amend);
-        call.key(partition.history_key(room))
-            .key(partition.retained_key(room))
+        call.key(partition.chats_key(room))
+            .key(partition.events_key(room))
             .arg(change.target)
             .arg(change.expected)
             .arg(change.replacement)
@@ -329,33 +326,26 @@ impl Broker for RedisBroker {
         before: Option<u64>,
         limit: usize,
     ) -> Result<ScrollbackPage, BrokerError> {
-        let key = Partition::of(room).retained_key(room);
-        let max = before.map_or_else(|| "+inf".to_owned(), |before| format!("({before}"));
+        let shared = &self.shared;
+        let mut call = shared.scripts()?.scrollback.prepare_invoke();
         // One more than asked: whether it exists says if there is more.
-        let newest_first: Vec<String> = self
-            .shared
-            .query(
-                redis::cmd("ZREVRANGEBYSCORE")
-                    .arg(key)
-                    .arg(max)
-                    .arg("-inf")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit + 1)
-                    .clone(),
-            )
-            .await?;
-        let oldest_kept = now_ms().saturating_sub(self.shared.retain_for.as_millis() as u64);
-        let mut fresh: Vec<Frame> = newest_first
+        call.key(Partition::of(room).chats_key(room))
+            .arg(before.map_or_else(String::new, |before| before.to_string()))
+            .arg(limit + 1);
+        let oldest_first: Vec<String> = shared.run(call).await?;
+        let oldest_kept = now_ms().saturating_sub(shared.retain_for.as_millis() as u64);
+        // Those past their age are the oldest: what follows the last of them is fresh.
+        let aged = oldest_first
+            .iter()
+            .rposition(|text| RetainedChat::parse(text).is_none_or(|chat| chat.ts() < oldest_kept))
+            .map_or(0, |last| last + 1);
+        let mut fresh: Vec<Frame> = oldest_first
             .into_iter()
-            .take_while(|text| {
-                RetainedChat::parse(text).is_some_and(|chat| chat.ts() >= oldest_kept)
-            })
+            .skip(aged)
             .filter_map(|text| frame_id(&text).map(|id| Frame::new(id, text)))
             .collect();
         let more = fresh.len() > limit;
-        fresh.truncate(limit);
-        fresh.reverse();
+        fresh.drain(..fresh.len().saturating_sub(limit));
         Ok(ScrollbackPage {
             messages: fresh,
             more,

@@ -2,7 +2,8 @@
 //!
 //! A script that makes frames runs on one partition's slot: it is `lua/emit.lua` (the
 //! partition's id counter, log and channel, and `emit`), for presence scripts followed by
-//! `lua/presence.lua` (room keys, departures, releases), then its own body. Every key it
+//! `lua/presence.lua` (room keys, departures, releases), for those that read or change
+//! retained messages by `lua/chats.lua` (the room's `chats` list), then its own body. Every key it
 //! touches carries the partition's hash tag. The registry scripts (`heartbeat`, `reap`) run
 //! on the `{nodes}` slot. `redis::Script` calls them with `EVALSHA` and loads them on
 //! `NOSCRIPT`, so a Redis that restarted empty (or a new cluster primary) needs no special care.
@@ -10,7 +11,7 @@
 //! What is the same for every call — the node's settings, the publish command — is written
 //! into the scripts' text when the broker starts ([`ScriptSettings`]), so a call carries only
 //! what changes and the script parses no more than it must: a chat costs one `EVALSHA` of
-//! eight arguments.
+//! four keys and six arguments.
 
 use std::time::Duration;
 
@@ -22,11 +23,14 @@ use crate::protocol::{now_ms, now_us};
 
 const EMIT: &str = include_str!("lua/emit.lua");
 const PRESENCE: &str = include_str!("lua/presence.lua");
+const CHATS: &str = include_str!("lua/chats.lua");
 
 /// The compiled scripts. One set per broker.
 pub(super) struct Scripts {
     pub(super) publish: Script,
     pub(super) amend: Script,
+    pub(super) scrollback: Script,
+    pub(super) retained: Script,
     pub(super) typing: Script,
     pub(super) kick: Script,
     pub(super) join: Script,
@@ -45,7 +49,7 @@ pub(super) struct ScriptSettings {
     pub(super) history_len: usize,
     /// Frames kept in each partition's log.
     pub(super) log_len: usize,
-    /// How long an idle room keeps its history.
+    /// How long an idle room keeps its lists of frames.
     pub(super) retention: Duration,
     /// `CONFAB_RETAIN_MESSAGES`.
     pub(super) retain_len: usize,
@@ -74,15 +78,16 @@ impl ScriptSettings {
 impl Scripts {
     /// Puts each script together from its parts, with `settings` written in.
     pub(super) fn new(settings: &ScriptSettings) -> Self {
-        let emitting = |body: &str| Script::new(&settings.fill(&format!("{EMIT}\n{body}")));
-        let presence =
-            |body: &str| Script::new(&settings.fill(&format!("{EMIT}\n{PRESENCE}\n{body}")));
+        let script = |parts: &[&str]| Script::new(&settings.fill(&parts.join("\n")));
+        let presence = |body: &str| script(&[EMIT, PRESENCE, body]);
         Self {
-            publish: emitting(include_str!("lua/publish.lua")),
-            amend: emitting(include_str!("lua/amend.lua")),
+            publish: script(&[EMIT, CHATS, include_str!("lua/publish.lua")]),
+            amend: script(&[EMIT, CHATS, include_str!("lua/amend.lua")]),
+            scrollback: script(&[CHATS, include_str!("lua/scrollback.lua")]),
+            retained: script(&[CHATS, include_str!("lua/retained.lua")]),
             typing: Script::new(&settings.fill(include_str!("lua/typing.lua"))),
             kick: Script::new(&settings.fill(include_str!("lua/kick.lua"))),
-            join: presence(include_str!("lua/join.lua")),
+            join: script(&[EMIT, PRESENCE, CHATS, include_str!("lua/join.lua")]),
             leave: presence(include_str!("lua/leave.lua")),
             sweep: presence(include_str!("lua/sweep.lua")),
             release_node: presence(include_str!("lua/release_node.lua")),

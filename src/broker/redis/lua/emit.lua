@@ -2,7 +2,7 @@
 --
 -- A script runs on the slot of one partition of rooms: every key it touches carries that
 -- partition's hash tag. Redis runs a script atomically, so a frame gets its id, enters the
--- partition's log and its room's history, and is published, with nothing in between: that
+-- partition's log and its room's list, and is published, with nothing in between: that
 -- is why each partition's channel carries its frames in id order.
 --
 -- The settings are written into the script's text when the node starts (`scripts.rs`), so a
@@ -19,7 +19,7 @@ local CHANNEL = ARGV[5]             -- the partition's channel
 local PARTITIONS = 128                  -- keys::PARTITIONS
 local HISTORY_LEN = {{history_len}}     -- CONFAB_HISTORY
 local LOG_LEN = {{log_len}}             -- frames kept in the partition's log for gap repair
-local RETENTION_MS = {{retention_ms}}   -- how long an idle room keeps its history
+local RETENTION_MS = {{retention_ms}}   -- how long an idle room keeps its lists
 local PUBLISH = '{{publish}}'           -- PUBLISH on one Redis, SPUBLISH on a Redis Cluster
 
 -- Ids stay below 2^53, so Lua's doubles hold them exactly; '%d' prints them without exponent.
@@ -59,15 +59,17 @@ local function append(key, frame, len)
 end
 
 -- Gives `body` (a frame without its id: `"type":…}`) the next id, keeps it in the log and in
--- the room's history (the list at key `history`), and publishes it. Returns the id and the
--- frame.
-local function emit(history, body)
+-- one list of its room, and publishes it. The list at key `list` is the room's `chats` for a
+-- chat (`keep` = CONFAB_RETAIN_MESSAGES), its `events` for any other frame (`keep` =
+-- CONFAB_HISTORY); the room's history is the newest of both (`join.lua`). Returns the id and
+-- the frame.
+local function emit(list, keep, body)
   local id = next_id()
   local frame = '{"id":' .. fmt(id) .. ',' .. body
   append(LOG, frame, LOG_LEN)
-  if HISTORY_LEN > 0 then
-    append(history, frame, HISTORY_LEN)
-    redis.call('PEXPIRE', history, RETENTION_MS)
+  if keep > 0 then
+    append(list, frame, keep)
+    redis.call('PEXPIRE', list, RETENTION_MS)
   end
   redis.call(PUBLISH, CHANNEL, frame)
   return id, frame

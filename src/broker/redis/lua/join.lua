@@ -6,8 +6,34 @@
 -- ARGV[7]: node, [8]: room, [9]: user id, [10]: user JSON, [11]: the `left` frame's
 -- `"user":…,"data":…` fragment, [12]: the `join` frame body, [13]: most departures to sweep.
 local node, room, uid = ARGV[7], ARGV[8], ARGV[9]
--- KEYS[11]: the user's ban from the room (set by `kick`): a banned user changes nothing.
-if redis.call('EXISTS', KEYS[11]) == 1 then return {'banned'} end
+
+-- The room's history: its newest HISTORY_LEN frames of any kind, oldest first. Chats and the
+-- other frames are kept in two lists (a chat is written once, to `chats`), both in id order,
+-- so the newest HISTORY_LEN of their merge are among the newest HISTORY_LEN of each. Chats
+-- past CONFAB_RETAIN_DAYS are left out, as scrollback leaves them out.
+local function history()
+  if HISTORY_LEN == 0 then return {} end
+  local chats = redis.call('LRANGE', room_key(room, 'chats'), -HISTORY_LEN, -1)
+  local events = redis.call('LRANGE', room_key(room, 'events'), -HISTORY_LEN, -1)
+  local oldest_kept = tonumber(now_ms) - RETAIN_MS
+  local newest_first = {}
+  local c, e = #chats, #events
+  while #newest_first < HISTORY_LEN and (c > 0 or e > 0) do
+    if e == 0 or (c > 0 and id_of(chats[c]) > id_of(events[e])) then
+      if (ts_of(chats[c]) or 0) >= oldest_kept then newest_first[#newest_first + 1] = chats[c] end
+      c = c - 1
+    else
+      newest_first[#newest_first + 1] = events[e]
+      e = e - 1
+    end
+  end
+  local frames = {}
+  for i = #newest_first, 1, -1 do frames[#frames + 1] = newest_first[i] end
+  return frames
+end
+
+-- KEYS[12]: the user's ban from the room (set by `kick`): a banned user changes nothing.
+if redis.call('EXISTS', KEYS[12]) == 1 then return {'banned'} end
 sweep(tonumber(ARGV[13]), room)
 local field = room .. ' ' .. uid
 redis.call('HINCRBY', node_sockets(node), field, 1)
@@ -16,11 +42,11 @@ redis.call('ZREM', LEAVING, field)
 if redis.call('SADD', room_key(room, 'online'), uid) == 1 then
   redis.call('HSET', room_key(room, 'users'), uid, ARGV[10])
   redis.call('HSET', room_key(room, 'farewell'), uid, ARGV[11])
-  emit(room_key(room, 'history'), ARGV[12])
+  emit(room_key(room, 'events'), HISTORY_LEN, ARGV[12])
 end
 local count = redis.call('GET', SEQ)
 return {
   count and fmt(tonumber(count) * PARTITIONS + partition) or '0',
-  HISTORY_LEN > 0 and redis.call('LRANGE', room_key(room, 'history'), -HISTORY_LEN, -1) or {},
+  history(),
   redis.call('HVALS', room_key(room, 'users')),
 }

@@ -23,7 +23,7 @@ local function announce_left(room, uid)
   redis.call('HDEL', room_key(room, 'users'), uid)
   redis.call('HDEL', room_key(room, 'farewell'), uid)
   if farewell then
-    emit(room_key(room, 'history'),
+    emit(room_key(room, 'events'), HISTORY_LEN,
       '"type":"left","room":"' .. room .. '",' .. farewell .. ',"ts":' .. fmt(now_ms) .. '}')
   end
   return 1

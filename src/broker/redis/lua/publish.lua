@@ -1,30 +1,30 @@
--- A chat message. KEYS[4]: the room's history, KEYS[5]: its retained messages; ARGV[6]: the
--- frame body. Returns the id.
-local RETAINED = KEYS[5]
-local RETAIN_LEN = {{retain_len}}   -- CONFAB_RETAIN_MESSAGES
-local RETAIN_MS = {{retain_ms}}     -- CONFAB_RETAIN_DAYS
-local AGE_CHECK_EVERY = 32          -- publishes per look for messages past their age
+-- A chat message. KEYS[4]: the room's `chats`; ARGV[6]: the frame body. Returns the id.
+--
+-- A publish is an INCR, two RPUSHes (the partition's log, the room's chats), a PEXPIRE and
+-- the PUBLISH: the history is read from the room's chats and events when a socket joins rather
+-- than copied on every message (BENCHMARKS.md, "What a publish costs Redis").
+local CHATS = KEYS[4]
+local AGE_CHECK_EVERY = 32   -- publishes per look for messages past CONFAB_RETAIN_DAYS
 
-local id, frame = emit(KEYS[4], ARGV[6])
-if RETAIN_LEN > 0 then
-  redis.call('ZADD', RETAINED, id, frame)
-  -- Exactly the newest RETAIN_LEN: scrollback shows what the setting says.
-  redis.call('ZREMRANGEBYRANK', RETAINED, 0, -RETAIN_LEN - 1)
-  -- Messages past CONFAB_RETAIN_DAYS go as newer ones come (readers skip them meanwhile),
-  -- and a room nobody writes to for that long loses its key altogether. Looking costs as much
-  -- as a third of the script, so one publish in AGE_CHECK_EVERY (by the partition's counter)
-  -- looks: a room that keeps talking is cleaned within a few dozen of its messages.
-  local oldest = math.floor(id / PARTITIONS) % AGE_CHECK_EVERY == 0
-    and redis.call('ZRANGE', RETAINED, 0, 0)[1]
-  local sent = oldest and tonumber(string.match(oldest, ',"ts":(%d+)'))
-  if sent and sent < tonumber(now_ms) - RETAIN_MS then
-    local expired = redis.call('ZRANGE', RETAINED, 0, 63)
-    for i = 1, #expired do
-      local ts = tonumber(string.match(expired[i], ',"ts":(%d+)'))
-      if not ts or ts >= tonumber(now_ms) - RETAIN_MS then break end
-      redis.call('ZREM', RETAINED, expired[i])
+local id = emit(CHATS, RETAIN_LEN, ARGV[6])
+if RETAIN_LEN == 0 then return id end
+
+-- Messages past their age go as newer ones come (readers skip them meanwhile), and a room
+-- nobody writes to for that long loses its key altogether. Looking costs a fifth of the
+-- script, so one publish in AGE_CHECK_EVERY (by the partition's counter) looks: a room that
+-- keeps talking is cleaned within a few dozen of its messages.
+if math.floor(id / PARTITIONS) % AGE_CHECK_EVERY == 0 then
+  local oldest_kept = tonumber(now_ms) - RETAIN_MS
+  local oldest = ts_of(redis.call('LINDEX', CHATS, 0))
+  if oldest and oldest < oldest_kept then
+    local frames = redis.call('LRANGE', CHATS, 0, 63)
+    local aged = 0
+    while aged < #frames do
+      local ts = ts_of(frames[aged + 1])
+      if not ts or ts >= oldest_kept then break end
+      aged = aged + 1
     end
+    redis.call('LTRIM', CHATS, aged, -1)
   end
-  redis.call('PEXPIRE', RETAINED, RETAIN_MS)
 end
 return id

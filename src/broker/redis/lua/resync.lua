@@ -20,7 +20,7 @@ for i = 9, #ARGV, 6 do
   if redis.call('SADD', room_key(room, 'online'), uid) == 1 then
     redis.call('HSET', room_key(room, 'users'), uid, ARGV[i + 3])
     redis.call('HSET', room_key(room, 'farewell'), uid, ARGV[i + 4])
-    if count > 0 and announce then emit(room_key(room, 'history'), ARGV[i + 5]) end
+    if count > 0 and announce then emit(room_key(room, 'events'), HISTORY_LEN, ARGV[i + 5]) end
     if count == 0 then
       -- Gone while Redis could not hear it: listed again only so that `left` is announced.
       redis.call('ZADD', LEAVING, now_ms + grace_ms, field)
