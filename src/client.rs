@@ -117,15 +117,7 @@ impl FromRequestParts<AppState> for ClientInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(*name, HeaderValue::from_str(value).unwrap());
-        }
-        headers
-    }
+    use crate::test_support::headers;
 
     fn proxies() -> TrustedProxies {
         TrustedProxies::new(vec![

@@ -57,6 +57,8 @@ pub mod retained;
 pub mod room;
 pub mod server;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 pub mod upgrade;
 pub mod user;
 pub mod write_buffer;

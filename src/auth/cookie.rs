@@ -94,14 +94,7 @@ fn decode_user(value: &str) -> Option<User> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(*name, HeaderValue::from_str(value).unwrap());
-        }
-        headers
-    }
+    use crate::test_support::headers;
 
     fn ann() -> User {
         User {

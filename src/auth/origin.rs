@@ -73,14 +73,7 @@ fn same_authority(origin: &str, host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(*name, HeaderValue::from_str(value).unwrap());
-        }
-        headers
-    }
+    use crate::test_support::headers;
 
     #[test]
     fn cross_site_posts_are_told_from_same_site_ones() {

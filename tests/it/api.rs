@@ -7,7 +7,7 @@ use std::time::Duration;
 use confab::Config;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, TwoInARoom, spawn_app, spawn_app_with, two_in_a_room};
 
 const TOKEN: &str = "api-token-of-the-weather-bot-0123456789";
 const OTHER_TOKEN: &str = "api-token-of-the-moderation-backend-9876";
@@ -125,11 +125,11 @@ on_every_broker!(every_route_needs_a_valid_bearer_token, super::with_api);
 
 async fn a_bot_message_reaches_every_node_in_order_with_the_others(nodes: [&TestApp; 2]) {
     let [a, b] = nodes;
-    let ann = a.sign_in("ann").await;
-    let bob = b.sign_in("bob").await;
-    let (mut ann_socket, _) = a.join(&ann, "weather").await;
-    let (mut bob_socket, _) = b.join(&bob, "weather").await;
-    ann_socket.recv().await; // bob's join
+    let TwoInARoom {
+        mut ann_socket,
+        mut bob_socket,
+        ..
+    } = two_in_a_room(a, b, "weather", "").await;
 
     ann_socket.send("is it raining?").await;
     let (status, posted) = post_bot(b, "weather", "  Rain from 3 pm.  ").await;
@@ -233,11 +233,12 @@ on_every_broker!(bad_posts_get_json_errors_and_reach_nobody, super::with_api);
 
 async fn the_api_deletes_messages_and_kicks_with_bans_on_every_node(nodes: [&TestApp; 2]) {
     let [a, b] = nodes;
-    let ann = b.sign_in("ann").await;
-    let bob = a.sign_in("bob").await;
-    let (mut ann_socket, _) = b.join(&ann, "moderated").await;
-    let (mut bob_socket, _) = a.join(&bob, "moderated").await;
-    ann_socket.recv().await; // bob's join
+    let TwoInARoom {
+        ann,
+        mut ann_socket,
+        mut bob_socket,
+        ..
+    } = two_in_a_room(b, a, "moderated", "").await;
     ann_socket.send("spam spam").await;
     let id = bob_socket.recv().await["id"].as_u64().unwrap();
     ann_socket.recv().await;

@@ -10,7 +10,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestSocket, TestUser, chat_texts, ids, spawn_app, types};
+use crate::helpers::{
+    TestApp, TestSocket, TestUser, TwoInARoom, chat_texts, ids, spawn_app, two_in_a_room, types,
+};
 
 /// Small limits, so that tests reach them: 4 frames of history, 6 retained messages.
 fn settings(config: &mut Config) {
@@ -84,10 +86,12 @@ fn apply(frames: &[Value], state: &mut BTreeMap<u64, Value>) {
 
 async fn scrollback_pages_back_through_the_retained_chat_messages(nodes: [&TestApp; 2]) {
     let [a, b] = nodes;
-    let (ann, bob) = (a.sign_in("ann").await, b.sign_in("bob").await);
-    let (mut ann_socket, _) = a.join(&ann, "scroll").await;
-    let (mut bob_socket, _) = b.join(&bob, "scroll").await;
-    ann_socket.recv().await; // bob's join
+    let TwoInARoom {
+        ann,
+        mut ann_socket,
+        bob,
+        mut bob_socket,
+    } = two_in_a_room(a, b, "scroll", "").await;
     for n in 1..=8 {
         ann_socket.send(&format!("message {n}")).await;
     }
@@ -302,10 +306,11 @@ on_every_broker!(
 
 async fn history_is_the_newest_frames_of_every_kind_in_id_order(nodes: [&TestApp; 2]) {
     let [a, b] = nodes;
-    let (ann, bob) = (a.sign_in("ann").await, b.sign_in("bob").await);
-    let (mut ann_socket, _) = join_v2(a, &ann, "mixed").await;
-    let (mut bob_socket, _) = join_v2(b, &bob, "mixed").await;
-    recv_type(&mut ann_socket, "join").await;
+    let TwoInARoom {
+        mut ann_socket,
+        mut bob_socket,
+        ..
+    } = two_in_a_room(a, b, "mixed", "&v=2").await;
     let mut chats = Vec::new();
     for text in ["c1", "c2", "c3"] {
         command(&mut ann_socket, json!({"type": "chat", "data": text})).await;
@@ -341,10 +346,12 @@ on_every_broker!(
 
 async fn authors_edit_and_delete_and_everyone_sees_the_latest_state(nodes: [&TestApp; 2]) {
     let [a, b] = nodes;
-    let (ann, bob) = (a.sign_in("ann").await, b.sign_in("bob").await);
-    let (mut ann_socket, _) = join_v2(a, &ann, "edits").await;
-    let (mut bob_socket, _) = join_v2(b, &bob, "edits").await;
-    recv_type(&mut ann_socket, "join").await;
+    let TwoInARoom {
+        ann,
+        mut ann_socket,
+        bob,
+        mut bob_socket,
+    } = two_in_a_room(a, b, "edits", "&v=2").await;
 
     command(&mut ann_socket, json!({"type": "chat", "data": "helo"})).await;
     let chat = recv_type(&mut bob_socket, "chat").await;

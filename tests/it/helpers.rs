@@ -239,6 +239,38 @@ pub async fn join_at(addr: SocketAddr, user: &TestUser, room: &str) -> (TestSock
     (socket, opening)
 }
 
+/// Ann and Bob in one room on two nodes, as most two-user tests begin.
+pub struct TwoInARoom {
+    pub ann: TestUser,
+    pub ann_socket: TestSocket,
+    pub bob: TestUser,
+    pub bob_socket: TestSocket,
+}
+
+/// Signs Ann in on node `a` and Bob on node `b` and opens a socket for each in `room`
+/// (`extra` is added to the query, e.g. `&v=2`), Ann's first; reads both openings and Bob's
+/// `join` on Ann's socket.
+pub async fn two_in_a_room(a: &TestApp, b: &TestApp, room: &str, extra: &str) -> TwoInARoom {
+    let (ann, bob) = (a.sign_in("ann").await, b.sign_in("bob").await);
+    let query = format!("?room={room}{extra}");
+    let mut ann_socket = a.connect(&ann, &query).await;
+    ann_socket.recv_opening().await;
+    let mut bob_socket = b.connect(&bob, &query).await;
+    bob_socket.recv_opening().await;
+    let join = ann_socket.recv().await;
+    assert_eq!(
+        (join["type"].as_str(), join["user"]["id"].as_str()),
+        (Some("join"), Some(bob.user.id.as_str())),
+        "Ann's socket hears Bob join"
+    );
+    TwoInARoom {
+        ann,
+        ann_socket,
+        bob,
+        bob_socket,
+    }
+}
+
 /// Opens a socket at `addr` with full control of cookie, query and `Origin`.
 pub async fn try_connect_at(
     addr: SocketAddr,
