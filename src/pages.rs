@@ -12,6 +12,7 @@ use minijinja::{Environment, context};
 
 use crate::app::AppState;
 use crate::broker::Broker;
+use crate::broker::redis::keys::Partition;
 use crate::error::AppError;
 use crate::protocol::RoomName;
 use crate::user::User;
@@ -91,6 +92,9 @@ impl Templates {
         let page = self.env.get_template("room.html")?.render(context! {
             user => minijinja::value::Serde(user),
             room => room.as_str(),
+            // A routing hint for the socket's URL: nginx keeps a partition's sockets on one
+            // node (docs/scaling.md, "Partition affinity").
+            partition => Partition::of(room).index(),
             max_message_chars,
             version => ASSET_VERSION,
         })?;

@@ -216,6 +216,9 @@
     const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
     // v=2: text frames are JSON commands (chat, typing, edit, delete).
     let url = `${scheme}${location.host}/ws/chat?room=${encodeURIComponent(room)}&v=2`;
+    // The room's partition: only a routing hint, for nginx to keep a partition's sockets on
+    // one node (confab itself ignores it).
+    if (el.app.dataset.partition) url += `&partition=${el.app.dataset.partition}`;
     if (highestId > 0) url += `&since=${highestId}`;
     return url;
   }

@@ -76,7 +76,8 @@ fn socket_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES))
 }
 
-/// The query of `GET /ws/chat?room=R&since=N&v=2`; all optional.
+/// The query of `GET /ws/chat?room=R&since=N&v=2`; all optional. Other parameters are
+/// ignored, such as the page's `partition`, a routing hint for nginx.
 #[derive(Debug, Deserialize)]
 pub struct SocketParams {
     room: Option<String>,

@@ -23,9 +23,12 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use confab::broker::redis::keys::Partition;
+use confab::protocol::RoomName;
+
 use crate::helpers::{
-    EVENT_TIMEOUT, TestUser, eventually, join_at, metric_value, reserved_port, sign_in_at,
-    try_connect_at,
+    EVENT_TIMEOUT, TestUser, connect_at, eventually, join_at, metric_value, reserved_port,
+    sign_in_at, try_connect_at,
 };
 use crate::redis_server::{CLUSTER_SECRET, RedisServer};
 use crate::startup::ConfabProcess;
@@ -527,6 +530,67 @@ async fn check_metrics_and_their_docs(node: SocketAddr) {
             "docs/deploy.md does not describe {name}"
         );
     }
+}
+
+/// The page opens its socket with its room's partition; with that hint the shipped config
+/// keeps each partition's sockets on one node, so each node subscribes to its share of the
+/// partitions only, not to all of them.
+#[tokio::test]
+async fn nginx_keeps_each_partitions_sockets_on_one_node() {
+    let (_redis, _envs, nodes) = start_cluster(true).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|node| node.addr).collect();
+    let nginx = NginxProcess::start(&addrs).await;
+    let ann = sign_in_at(nginx.addr, "ann").await;
+
+    // The page carries the hint for its socket.
+    let room = RoomName::parse("general").unwrap();
+    let partition = Partition::of(&room).index();
+    let page = http_client()
+        .get(nginx.url("/rooms/general"))
+        .header("cookie", &ann.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!("data-partition=\"{partition}\"")),
+        "the page names its room's partition"
+    );
+
+    // Three users' sockets in each of 9 rooms, as pages open them.
+    let users = [
+        ann,
+        sign_in_at(nginx.addr, "bob").await,
+        sign_in_at(nginx.addr, "cid").await,
+    ];
+    let mut sockets = Vec::new();
+    let mut partitions = std::collections::BTreeSet::new();
+    for n in 0..9 {
+        let room = RoomName::parse(&format!("room-{n}")).unwrap();
+        let partition = Partition::of(&room).index();
+        partitions.insert(partition);
+        for user in &users {
+            let query = format!("?room={room}&v=2&partition={partition}");
+            let mut socket = connect_at(nginx.addr, user, &query).await;
+            socket.recv_opening().await;
+            sockets.push(socket);
+        }
+    }
+    let mut subscribed = Vec::new();
+    for node in &addrs {
+        subscribed.push(node_metric(*node, "confab_broker_partitions_subscribed").await as usize);
+    }
+    assert_eq!(
+        subscribed.iter().sum::<usize>(),
+        partitions.len(),
+        "each partition on exactly one node: {subscribed:?}"
+    );
+    assert!(
+        subscribed.iter().filter(|&&n| n > 0).count() >= 2,
+        "partitions spread over the nodes: {subscribed:?}"
+    );
 }
 
 #[tokio::test]

@@ -2,8 +2,10 @@
 // Scenario 5, production shape: nginx (the shipped nginx/nginx.conf and
 // nginx/confab.conf, with only the node addresses, the listen address and the
 // static root filled in) in front of two nodes and Redis. People chat through
-// one address; a node drained with SIGTERM costs them nothing: no missing or
-// doubled message and no left/join noise.
+// one address; the pages of one room land on one node (the page sends its
+// room's partition, nginx keeps a partition's sockets together); that node
+// drained with SIGTERM costs them nothing: the pages move to the other node,
+// with no missing or doubled message and no left/join noise.
 //
 // Skipped (with the reason) while nginx/confab.conf is not in the checkout.
 
@@ -126,7 +128,7 @@ function notices(page) {
   return page.$$eval('#messages li.notice', (items) => items.map((li) => li.textContent));
 }
 
-test('through nginx: chat across nodes, and a drained node costs nothing', { skip: missing || false, timeout: 90000 }, async () => {
+test("through nginx: a room's pages on its partition's node, and a drained node costs nothing", { skip: missing || false, timeout: 90000 }, async () => {
   const alice = await h.newPerson(browser);
   const bob = await h.newPerson(browser);
   await h.signIn(alice.page, nginx.url, 'Alice');
@@ -137,10 +139,10 @@ test('through nginx: chat across nodes, and a drained node costs nothing', { ski
   for (const { page } of [alice, bob]) await h.waitForMessage(page, 'hello back');
   const noticesBefore = [await notices(alice.page), await notices(bob.page)];
 
-  // Drain the node holding more of the two sockets (at least one).
+  // Partition affinity: both pages' sockets are on one node. Drain that one.
   const counts = await Promise.all(nodes.map(connections));
-  const drained = counts[0] >= counts[1] ? 0 : 1;
-  assert.ok(counts[drained] >= 1, `a socket on the node to drain (${counts})`);
+  assert.deepEqual([...counts].sort(), [0, 2], `one room's sockets on one node (${counts})`);
+  const drained = counts[0] === 2 ? 0 : 1;
   const exit = await nodes[drained].stop('SIGTERM');
   assert.equal(exit.code, 0);
 
