@@ -3,8 +3,8 @@
 //! A script that makes frames runs on one partition's slot: it is `lua/emit.lua` (the
 //! partition's id counter, log and channel, and `emit`), for presence scripts followed by
 //! `lua/presence.lua` (room keys, departures, releases), for those that read or change
-//! retained messages by `lua/chats.lua` (the room's `chats` list), then its own body. Every key it
-//! touches carries the partition's hash tag. The registry scripts (`heartbeat`, `reap`) run
+//! retained messages by `lua/chats.lua` (the room's `chats` list), then its own body. Every
+//! key it touches carries the partition's hash tag. The registry scripts (`heartbeat`, `reap`) run
 //! on the `{nodes}` slot. `redis::Script` calls them with `EVALSHA` and loads them on
 //! `NOSCRIPT`, so a Redis that restarted empty (or a new cluster primary) needs no special care.
 //!
