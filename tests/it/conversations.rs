@@ -497,6 +497,51 @@ on_every_broker!(
     super::short_retention
 );
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_keeps_talking_drops_its_aged_messages_from_redis() {
+    let redis = crate::redis_server::RedisServer::start().await;
+    let a = crate::redis_server::spawn_node_with(&redis, "node-a", |config| {
+        config.chat.retain_messages = 100;
+        config.chat.retain_for = Duration::from_secs(2);
+    })
+    .await;
+    let room = confab::protocol::RoomName::parse("aging").unwrap();
+    let ann = a.sign_in("ann").await;
+    let (mut socket, _) = join_v2(&a, &ann, room.as_str()).await;
+    command(&mut socket, json!({"type": "chat", "data": "aged"})).await;
+    recv_type(&mut socket, "chat").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The publish script looks for aged messages once in 32 of its partition's ids: 33 chats
+    // in a row take at least one look. Two sockets share them, each within its burst.
+    let (mut second, _) = join_v2(&a, &ann, room.as_str()).await;
+    for n in 0..33 {
+        let sender = if n % 2 == 0 { &mut socket } else { &mut second };
+        command(
+            sender,
+            json!({"type": "chat", "data": format!("fresh {n}")}),
+        )
+        .await;
+    }
+    let mut texts = Vec::new();
+    while texts.len() < 33 {
+        let frame = socket.recv().await;
+        if frame["type"] == "chat" {
+            texts.push(frame["data"].as_str().unwrap().to_owned());
+        }
+    }
+    let chats_key = confab::broker::redis::keys::Partition::of(&room).chats_key(&room);
+    let kept: Vec<String> = redis.command(&["LRANGE", &chats_key, "0", "-1"]).await;
+    let kept: Vec<Value> = kept
+        .iter()
+        .map(|frame| serde_json::from_str(frame).unwrap())
+        .collect();
+    assert_eq!(
+        chat_texts(&kept),
+        texts,
+        "the aged message left Redis, nothing else did"
+    );
+}
+
 async fn any_interleaving_of_chats_edits_and_deletes_ends_the_same_everywhere(
     nodes: [&TestApp; 2],
 ) {

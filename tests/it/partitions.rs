@@ -224,3 +224,27 @@ async fn chat_crosses_nodes_on_a_redis_cluster_with_each_primary_publishing_its_
     }
     assert_eq!(a.metric("confab_broker_partitions_subscribed").await, 6.0);
 }
+
+#[tokio::test]
+async fn a_chat_after_its_partitions_counter_was_lost_or_set_back_still_gets_a_higher_id() {
+    let redis = RedisServer::start().await;
+    let a = spawn_node(&redis, "node-a").await;
+    let (mut socket, _) = a.join(&a.sign_in("ann").await, "lobby").await;
+    let seq = Partition::of(&RoomName::lobby()).seq_key();
+    // The publish script's two rare paths: a counter Redis no longer has (a new sequence,
+    // started from the clock) and one behind what the node has seen (started past it).
+    let losses: [&[&str]; 3] = [&[], &["DEL", &seq], &["SET", &seq, "5"]];
+    let mut last = 0;
+    for (n, loss) in losses.into_iter().enumerate() {
+        if !loss.is_empty() {
+            let _: () = redis.command(loss).await;
+        }
+        let text = format!("chat {n}");
+        socket.send(&text).await;
+        let frames = socket.recv_until_chat(&text).await;
+        let id = ids(&frames)[frames.len() - 1];
+        assert!(id > last, "{text}: id {id} after {last}");
+        assert_eq!(Partition::of_id(id), Partition::of(&RoomName::lobby()));
+        last = id;
+    }
+}

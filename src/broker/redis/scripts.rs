@@ -3,8 +3,10 @@
 //! A script that makes frames runs on one partition's slot: it is `lua/emit.lua` (the
 //! partition's id counter, log and channel, and `emit`), for presence scripts followed by
 //! `lua/presence.lua` (room keys, departures, releases), for those that read or change
-//! retained messages by `lua/chats.lua` (the room's `chats` list), then its own body. Every
-//! key it touches carries the partition's hash tag. The registry scripts (`heartbeat`, `reap`) run
+//! retained messages by `lua/chats.lua` (the room's `chats` list), then its own body. The
+//! publish script, the hot path, is the exception: it is written out flat and brings in
+//! `emit.lua` and `chats.lua` only on the rare paths that need them, since Redis runs a
+//! script's whole text on every call. Every key it touches carries the partition's hash tag. The registry scripts (`heartbeat`, `reap`) run
 //! on the `{nodes}` slot. `redis::Script` calls them with `EVALSHA` and loads them on
 //! `NOSCRIPT`, so a Redis that restarted empty (or a new cluster primary) needs no special care.
 //!
@@ -81,7 +83,10 @@ impl Scripts {
         let script = |parts: &[&str]| Script::new(&settings.fill(&parts.join("\n")));
         let presence = |body: &str| script(&[EMIT, PRESENCE, body]);
         Self {
-            publish: script(&[EMIT, CHATS, include_str!("lua/publish.lua")]),
+            // The hot path, flat: its rare paths bring in the parts they need (publish.lua).
+            publish: script(&[&include_str!("lua/publish.lua")
+                .replace("{{emit}}", EMIT)
+                .replace("{{chats}}", CHATS)]),
             amend: script(&[EMIT, CHATS, include_str!("lua/amend.lua")]),
             scrollback: script(&[CHATS, include_str!("lua/scrollback.lua")]),
             retained: script(&[CHATS, include_str!("lua/retained.lua")]),

@@ -25,28 +25,33 @@ local PUBLISH = '{{publish}}'           -- PUBLISH on one Redis, SPUBLISH on a R
 -- Ids stay below 2^53, so Lua's doubles hold them exactly; '%d' prints them without exponent.
 local function fmt(n) return string.format('%d', n) end
 
+-- Where a sequence goes on when its counter just became `count` and that is 1 (first use, or
+-- Redis restarted empty) or at most `floor`: a new sequence begins at the caller's time in
+-- microseconds, above anything still in the log; and no counter value is given out at or
+-- below one some node has already seen. Returns the counter value to use.
+local function restart_sequence(count)
+  local fresh = count == 1
+  local base = floor
+  if fresh then
+    base = math.max(base, math.floor(tonumber(now_us) / PARTITIONS))
+    local newest = redis.call('LRANGE', LOG, -1, -1)[1]
+    if newest then
+      base = math.max(base, math.floor(tonumber(string.match(newest, '^{"id":(%d+)')) / PARTITIONS))
+    end
+  end
+  count = base + 1
+  redis.call('SET', SEQ, fmt(count))
+  -- A new sequence: nodes that find ids missing below its start know those were never
+  -- given out by this Redis (whereas values skipped to pass `floor` were, elsewhere).
+  if fresh then redis.call('SET', SEQ_START, fmt(count)) end
+  return count
+end
+
 -- The next id: counter × PARTITIONS + partition, so ids are unique across partitions and
--- grow within one. A new sequence (first use, or Redis restarted empty) begins at the
--- caller's time in microseconds, above anything still in the log; and no counter value is
--- given out at or below one some node has already seen.
+-- grow within one.
 local function next_id()
   local count = redis.call('INCR', SEQ)
-  if count == 1 or count <= floor then
-    local fresh = count == 1
-    local base = floor
-    if fresh then
-      base = math.max(base, math.floor(tonumber(now_us) / PARTITIONS))
-      local newest = redis.call('LRANGE', LOG, -1, -1)[1]
-      if newest then
-        base = math.max(base, math.floor(tonumber(string.match(newest, '^{"id":(%d+)')) / PARTITIONS))
-      end
-    end
-    count = base + 1
-    redis.call('SET', SEQ, fmt(count))
-    -- A new sequence: nodes that find ids missing below its start know those were never
-    -- given out by this Redis (whereas values skipped to pass `floor` were, elsewhere).
-    if fresh then redis.call('SET', SEQ_START, fmt(count)) end
-  end
+  if count == 1 or count <= floor then count = restart_sequence(count) end
   return count * PARTITIONS + partition
 end
 
