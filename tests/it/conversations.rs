@@ -542,6 +542,45 @@ async fn a_room_that_keeps_talking_drops_its_aged_messages_from_redis() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_retained_messages_expire_past_their_retention_renewed_hourly_by_each_node() {
+    use confab::broker::redis::RENEW_EVERY;
+    let redis = crate::redis_server::RedisServer::start().await;
+    let retain_for = Duration::from_secs(2 * 24 * 3600);
+    let configure = move |config: &mut Config| config.chat.retain_for = retain_for;
+    let a = crate::redis_server::spawn_node_with(&redis, "node-a", configure).await;
+    let b = crate::redis_server::spawn_node_with(&redis, "node-b", configure).await;
+    let room = confab::protocol::RoomName::parse("expiring").unwrap();
+    let chats_key = confab::broker::redis::keys::Partition::of(&room).chats_key(&room);
+    let (mut on_a, _) = join_v2(&a, &a.sign_in("ann").await, room.as_str()).await;
+    let (mut on_b, _) = join_v2(&b, &b.sign_in("bob").await, room.as_str()).await;
+    // Sends a chat, waits for it to come back, and reads the list's expiry (PTTL, ms).
+    let chat = async |socket: &mut TestSocket, text: &str| {
+        command(socket, json!({"type": "chat", "data": text})).await;
+        while socket.recv().await["data"] != text {}
+        redis.command::<i64>(&["PTTL", &chats_key]).await
+    };
+    let expiry = |ttl_ms: i64| Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
+    let renewed = |ttl_ms: i64| {
+        let ttl = expiry(ttl_ms);
+        ttl > retain_for && ttl <= retain_for + RENEW_EVERY
+    };
+
+    let ttl = chat(&mut on_a, "first").await;
+    assert!(renewed(ttl), "the first chat sets the expiry: {ttl} ms");
+    let _: () = redis.command(&["PERSIST", &chats_key]).await;
+    assert_eq!(
+        chat(&mut on_a, "second").await,
+        -1,
+        "node a renewed it within the hour: no PEXPIRE per chat"
+    );
+    let ttl = chat(&mut on_b, "third").await;
+    assert!(renewed(ttl), "node b's first chat renews it: {ttl} ms");
+    let _: () = redis.command(&["DEL", &chats_key]).await;
+    let ttl = chat(&mut on_a, "fourth").await;
+    assert!(renewed(ttl), "a new list gets its expiry at once: {ttl} ms");
+}
+
 async fn any_interleaving_of_chats_edits_and_deletes_ends_the_same_everywhere(
     nodes: [&TestApp; 2],
 ) {

@@ -18,6 +18,7 @@
 //! `docs/redis.md` lists every key, its type and lifetime.
 
 mod connection;
+mod expiry;
 pub mod keys;
 mod partition;
 mod scripts;
@@ -38,6 +39,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use self::connection::{Commands, Target};
+use self::expiry::ExpiryRenewals;
+pub use self::expiry::RENEW_EVERY;
 use self::keys::{Partition, registry};
 pub use self::partition::LINGER;
 use self::partition::PartitionTable;
@@ -69,6 +72,8 @@ pub const SWEEP_PERIOD: Duration = Duration::from_millis(250);
 /// Every subscribed partition is swept once per this many ticks (once a second), for the
 /// departures other nodes made pending and could not announce (they stopped or died).
 const SWEEP_ROUNDS: usize = 4;
+/// Maintenance ticks between two clean-ups of the expiry renewals (once a minute).
+const RENEWALS_FORGOTTEN_EVERY: usize = 240;
 /// Frames kept in each partition's log for gap repair (a few seconds of a busy partition).
 pub const LOG_LEN: usize = 1_000;
 /// How long a room nobody writes to keeps its history, at least (`CONFAB_RETAIN_DAYS` when
@@ -113,6 +118,8 @@ struct Shared {
     keys: Vec<PartitionKeys>,
     /// The partitions this node's sockets are in, and the ids seen in each.
     partitions: PartitionTable,
+    /// When this node last renewed each room's expiry ([`expiry`]).
+    renewals: ExpiryRenewals,
     hub: Arc<Hub>,
     metrics: Metrics,
     history_len: usize,
@@ -193,6 +200,7 @@ impl RedisBroker {
             scripts: OnceLock::new(),
             keys: PartitionKeys::all(),
             partitions: PartitionTable::new(),
+            renewals: ExpiryRenewals::default(),
             hub,
             metrics,
             history_len: config.chat.history,
@@ -242,8 +250,15 @@ impl Broker for RedisBroker {
         let body = event_body(EventKind::Chat, room, user.json(), text, now_ms());
         let shared = &self.shared;
         let mut call = shared.common(partition).invoke(&shared.scripts()?.publish);
-        call.key(partition.chats_key(room)).arg(body);
+        let now = Instant::now();
+        let renew = shared.renewals.due(room, now);
+        call.key(partition.chats_key(room))
+            .arg(body)
+            .arg(if renew { "1" } else { "0" });
         let id: u64 = shared.run(call).await?;
+        if renew {
+            shared.renewals.renewed(room, now);
+        }
         shared.partitions.saw(id);
         Ok(id)
     }
@@ -939,6 +954,7 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                     history_len: shared.history_len,
                     log_len: LOG_LEN,
                     retention: HISTORY_RETENTION.max(shared.retain_for),
+                    renew_every: RENEW_EVERY,
                     retain_len: shared.retain_messages,
                     retain_for: shared.retain_for,
                     grace: shared.leave_grace,
@@ -988,6 +1004,9 @@ async fn run_maintenance(shared: Arc<Shared>, stop: CancellationToken) {
             let _ = shared.reap().await;
         }
         let swept_at = Instant::now();
+        if tick % RENEWALS_FORGOTTEN_EVERY == 0 {
+            shared.renewals.forget_due(swept_at);
+        }
         let partitions = shared.partitions_to_sweep(tick, swept_at);
         if shared.sweep(&partitions).await.is_ok() {
             shared.local().forget_swept(&partitions, swept_at);

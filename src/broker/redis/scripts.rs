@@ -53,6 +53,8 @@ pub(super) struct ScriptSettings {
     pub(super) log_len: usize,
     /// How long an idle room keeps its lists of frames.
     pub(super) retention: Duration,
+    /// How often a node renews a room's expiry while it sends chats there (`expiry.rs`).
+    pub(super) renew_every: Duration,
     /// `CONFAB_RETAIN_MESSAGES`.
     pub(super) retain_len: usize,
     /// `CONFAB_RETAIN_DAYS`, as a duration.
@@ -70,6 +72,10 @@ impl ScriptSettings {
             .replace("{{history_len}}", &self.history_len.to_string())
             .replace("{{log_len}}", &self.log_len.to_string())
             .replace("{{retention_ms}}", &self.retention.as_millis().to_string())
+            .replace(
+                "{{renew_every_ms}}",
+                &self.renew_every.as_millis().to_string(),
+            )
             .replace("{{grace_ms}}", &self.grace.as_millis().to_string())
             .replace("{{retain_len}}", &self.retain_len.to_string())
             .replace("{{retain_ms}}", &self.retain_for.as_millis().to_string())

@@ -1,6 +1,7 @@
 -- A chat message: `emit(KEYS[4], RETAIN_LEN, ARGV[6])` (emit.lua), written out flat because
 -- it is the hot path. KEYS[1..3], ARGV[1..5]: as for every script that makes frames; KEYS[4]:
--- the room's `chats`; ARGV[6]: the frame body. Returns the id.
+-- the room's `chats`; ARGV[6]: the frame body; ARGV[7]: '1' when the node renews the room's
+-- expiry with this chat (`expiry.rs`: once an hour per room and node). Returns the id.
 --
 -- Redis runs a script's whole text on every EVALSHA: defining emit.lua's and chats.lua's
 -- helpers — closures over the call's values, garbage once it returns — cost a quarter of a
@@ -24,10 +25,15 @@ if redis.call('RPUSH', LOG, frame) > {{log_len}} * 9 / 8 then
   redis.call('LTRIM', LOG, '-{{log_len}}', '-1')
 end
 if RETAIN > 0 then
-  if redis.call('RPUSH', CHATS, frame) > RETAIN * 9 / 8 then
+  local len = redis.call('RPUSH', CHATS, frame)
+  if len > RETAIN * 9 / 8 then
     redis.call('LTRIM', CHATS, '-{{retain_len}}', '-1')
   end
-  redis.call('PEXPIRE', CHATS, '{{retention_ms}}')
+  -- The expiry runs an hour past the retention, so renewing it hourly keeps every message
+  -- its full retention; a new list gets one at once, whoever sends to it.
+  if len == 1 or ARGV[7] == '1' then
+    redis.call('PEXPIRE', CHATS, {{retention_ms}} + {{renew_every_ms}})
+  end
 end
 redis.call('{{publish}}', ARGV[5], frame)
 if RETAIN == 0 or count % AGE_CHECK_EVERY ~= 0 then return id end
