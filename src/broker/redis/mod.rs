@@ -72,8 +72,8 @@ pub const SWEEP_PERIOD: Duration = Duration::from_millis(250);
 /// Every subscribed partition is swept once per this many ticks (once a second), for the
 /// departures other nodes made pending and could not announce (they stopped or died).
 const SWEEP_ROUNDS: usize = 4;
-/// Maintenance ticks between two clean-ups of the expiry renewals (once a minute).
-const RENEWALS_FORGOTTEN_EVERY: usize = 240;
+/// How often the maintenance task forgets the expiry renewals that are due again.
+const RENEWALS_FORGOTTEN_EVERY: Duration = Duration::from_secs(60);
 /// Frames kept in each partition's log for gap repair (a few seconds of a busy partition).
 pub const LOG_LEN: usize = 1_000;
 /// How long a room nobody writes to keeps its history, at least (`CONFAB_RETAIN_DAYS` when
@@ -251,7 +251,8 @@ impl Broker for RedisBroker {
         let shared = &self.shared;
         let mut call = shared.common(partition).invoke(&shared.scripts()?.publish);
         let now = Instant::now();
-        let renew = shared.renewals.due(room, now);
+        // With nothing retained there is no `chats` list to keep alive.
+        let renew = shared.retain_messages > 0 && shared.renewals.due(room, now);
         call.key(partition.chats_key(room))
             .arg(body)
             .arg(if renew { "1" } else { "0" });
@@ -307,7 +308,7 @@ impl Broker for RedisBroker {
         let mut call = shared.scripts()?.retained.prepare_invoke();
         call.key(Partition::of(room).chats_key(room)).arg(id);
         let found: Option<String> = shared.run(call).await?;
-        let oldest_kept = now_ms().saturating_sub(shared.retain_for.as_millis() as u64);
+        let oldest_kept = shared.oldest_kept();
         Ok(found.filter(|frame| {
             RetainedChat::parse(frame).is_some_and(|chat| chat.ts() >= oldest_kept)
         }))
@@ -348,7 +349,7 @@ impl Broker for RedisBroker {
             .arg(before.map_or_else(String::new, |before| before.to_string()))
             .arg(limit + 1);
         let oldest_first: Vec<String> = shared.run(call).await?;
-        let oldest_kept = now_ms().saturating_sub(shared.retain_for.as_millis() as u64);
+        let oldest_kept = shared.oldest_kept();
         // Those past their age are the oldest: what follows the last of them is fresh.
         let aged = oldest_first
             .iter()
@@ -589,6 +590,12 @@ impl Shared {
                 warn!("Redis is unreachable; sends are refused until it answers");
             }
         }
+    }
+
+    /// The `ts` of the oldest retained message still kept now: readers skip older ones that
+    /// the publish script has not trimmed yet.
+    fn oldest_kept(&self) -> u64 {
+        now_ms().saturating_sub(self.retain_for.as_millis() as u64)
     }
 
     fn healthy_for(&self) -> Duration {
@@ -987,6 +994,7 @@ async fn run_maintenance(shared: Arc<Shared>, stop: CancellationToken) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_heartbeat = Instant::now();
     let mut next_reap = Instant::now() + REAP_PERIOD;
+    let mut next_forget = Instant::now() + RENEWALS_FORGOTTEN_EVERY;
     for tick in 0.. {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -1004,7 +1012,8 @@ async fn run_maintenance(shared: Arc<Shared>, stop: CancellationToken) {
             let _ = shared.reap().await;
         }
         let swept_at = Instant::now();
-        if tick % RENEWALS_FORGOTTEN_EVERY == 0 {
+        if swept_at >= next_forget {
+            next_forget = swept_at + RENEWALS_FORGOTTEN_EVERY;
             shared.renewals.forget_due(swept_at);
         }
         let partitions = shared.partitions_to_sweep(tick, swept_at);
