@@ -21,6 +21,10 @@ impl RoomName {
     /// The longest room name, in characters.
     pub const MAX_LEN: usize = 32;
 
+    /// What [`RoomName::parse`] accepts, as the ECMA-262 pattern the HTTP API's OpenAPI
+    /// document gives every `{room}` path parameter.
+    pub const PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,31}$";
+
     /// Checks `name` against `[a-z0-9][a-z0-9_-]{0,31}`.
     ///
     /// # Errors
@@ -92,5 +96,10 @@ mod tests {
         for (name, valid) in cases {
             assert_eq!(RoomName::parse(name).is_ok(), valid, "room name {name:?}");
         }
+        assert_eq!(
+            RoomName::PATTERN,
+            format!("^[a-z0-9][a-z0-9_-]{{0,{}}}$", RoomName::MAX_LEN - 1),
+            "the published pattern says what parse checks"
+        );
     }
 }

@@ -66,7 +66,7 @@ pub struct Members {
 #[utoipa::path(
     post,
     path = "/api/rooms/{room}/messages",
-    params(("room" = String, Path, description = "A room name: [a-z0-9][a-z0-9_-]{0,31}")),
+    params(("room" = String, Path, description = "A room name: [a-z0-9][a-z0-9_-]{0,31}", pattern = "^[a-z0-9][a-z0-9_-]{0,31}$")),
     request_body = PostMessage,
     responses(
         (status = 201, description = "Published; delivered to every socket of the room", body = Posted),
@@ -141,7 +141,7 @@ fn bot_identity(bot: BotUser) -> Result<Identity, ApiError> {
 #[utoipa::path(
     get,
     path = "/api/rooms/{room}/members",
-    params(("room" = String, Path, description = "A room name")),
+    params(("room" = String, Path, description = "A room name", pattern = "^[a-z0-9][a-z0-9_-]{0,31}$")),
     responses(
         (status = 200, description = "Who is online", body = Members),
         (status = 401, description = "No valid API token", body = ErrorBody),

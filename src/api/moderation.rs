@@ -47,7 +47,7 @@ pub struct Kick {
     delete,
     path = "/api/rooms/{room}/messages/{id}",
     params(
-        ("room" = String, Path, description = "A room name"),
+        ("room" = String, Path, description = "A room name", pattern = "^[a-z0-9][a-z0-9_-]{0,31}$"),
         ("id" = u64, Path, description = "The message id"),
     ),
     responses(
@@ -89,7 +89,7 @@ pub async fn delete_message(
 #[utoipa::path(
     post,
     path = "/api/rooms/{room}/kicks",
-    params(("room" = String, Path, description = "A room name")),
+    params(("room" = String, Path, description = "A room name", pattern = "^[a-z0-9][a-z0-9_-]{0,31}$")),
     request_body = Kick,
     responses(
         (status = 204, description = "The user's sockets in the room close with 4003 on every node"),

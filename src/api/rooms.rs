@@ -46,7 +46,7 @@ pub struct Scrollback {
     get,
     path = "/api/rooms/{room}/messages",
     params(
-        ("room" = String, Path, description = "A room name: [a-z0-9][a-z0-9_-]{0,31}"),
+        ("room" = String, Path, description = "A room name: [a-z0-9][a-z0-9_-]{0,31}", pattern = "^[a-z0-9][a-z0-9_-]{0,31}$"),
         ("before" = Option<u64>, Query, description = "Only messages with smaller ids; absent: the newest"),
         ("limit" = Option<u32>, Query, description = "1 to 100, default 50"),
     ),

@@ -435,7 +435,20 @@ async fn the_openapi_document_describes_every_route() {
         ("/api/rooms/{room}/members", "get"),
         ("/api/rooms/{room}/kicks", "post"),
     ] {
-        assert!(paths[path][method].is_object(), "{method} {path}");
+        let operation = &paths[path][method];
+        assert!(operation.is_object(), "{method} {path}");
+        // Clients and fuzzers learn from the document which room names exist.
+        let room = operation["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|parameter| parameter["name"] == "room")
+            .unwrap();
+        assert_eq!(
+            room["schema"]["pattern"],
+            confab::room::RoomName::PATTERN,
+            "{method} {path}"
+        );
     }
     let schemes = &document["components"]["securitySchemes"];
     assert_eq!(schemes["api_token"]["scheme"], "bearer");
