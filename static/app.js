@@ -142,6 +142,11 @@
   let stableTimer = 0;
   /** Set once the server told us not to come back (bad room); no more retries. */
   let stopped = false;
+  /**
+   * A moderator removed us (4003): no automatic retries, but "Retry now" may try
+   * again, since a ban ends (the server does not say when).
+   */
+  let removed = false;
   /** Whether a socket has ever opened; the first load says "Connecting", later ones "Reconnecting". */
   let everConnected = false;
   /** The last close was 1008 (too many sockets): its notice stays until a connection works. */
@@ -281,8 +286,10 @@
     }
     if (code === CLOSE_KICKED) {
       // A moderator removed us (reason "Kicked"), or we are banned from the
-      // room ("Banned"): reconnecting would not help, and must not look like it.
+      // room ("Banned"): reconnecting by itself would not help, and must not
+      // look like it; "Retry now" stays, for when the ban is over.
       stopped = true;
+      removed = true;
       setStatus('offline', 'Removed');
       // Nothing typed here could be sent: say so by taking the box away.
       el.input.disabled = true;
@@ -344,6 +351,18 @@
     reconnectTimer = setTimeout(connect, delay);
   }
 
+  /** "Retry now": skips the wait, or tries again after a removal. */
+  function retryNow() {
+    if (removed) {
+      removed = false;
+      stopped = false;
+      el.input.disabled = false;
+      for (const button of el.composer.querySelectorAll('button')) button.disabled = false;
+      clearNotice();
+    }
+    reconnectNow();
+  }
+
   /** Skips the wait: used on `online`, when the tab comes back, and by "Retry now". */
   function reconnectNow() {
     if (stopped || socket) return;
@@ -368,7 +387,7 @@
   function setStatus(state, text) {
     el.status.dataset.state = state;
     el.status.querySelector('.status-text').textContent = text || STATUS_TEXT[state];
-    el.reconnectNow.hidden = !(state === 'reconnecting' || (state === 'offline' && !stopped));
+    el.reconnectNow.hidden = !(state === 'reconnecting' || (state === 'offline' && (!stopped || removed)));
   }
 
   // ---------------------------------------------------------------------------
@@ -1510,7 +1529,7 @@
       scrollToBottom();
       el.input.focus();
     });
-    el.reconnectNow.addEventListener('click', reconnectNow);
+    el.reconnectNow.addEventListener('click', retryNow);
 
     window.addEventListener('online', reconnectNow);
     window.addEventListener('offline', () => {

@@ -2,20 +2,29 @@
 // A moderator signed in by the host application's token (GET /signin/token)
 // deletes someone else's message from the page: the moderator gets Delete (and
 // no Edit) on others' messages, everyone sees "message deleted"; a user
-// signed in by name gets no controls on others' messages.
+// signed in by name gets no controls on others' messages. A user banned for a
+// while comes back with "Retry now" once the ban is over.
 
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
 const { after, before, test } = require('node:test');
 const h = require('../lib/harness');
 
 const JWT_KEY = 'host-application-shared-key-of-32-bytes-or-more';
+const API_TOKEN = 'host-application-api-token-of-32-bytes-or-more';
 
 let node;
 let browser;
 
 before(async () => {
-  node = await h.startConfab('13-moderator', { env: { CONFAB_JWT_KEY: JWT_KEY } });
+  const tokens = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'confab-e2e-tokens-')), 'tokens');
+  fs.writeFileSync(tokens, `${API_TOKEN}\n`);
+  node = await h.startConfab('13-moderator', {
+    env: { CONFAB_JWT_KEY: JWT_KEY, CONFAB_API_TOKENS_FILE: tokens },
+  });
   browser = await h.launchBrowser();
 });
 
@@ -83,4 +92,54 @@ test('a moderator deletes a message of someone else from the page', { timeout: 9
   assert.equal(await ann.page.locator('#status').getAttribute('data-state'), 'offline');
   assert.ok(await ann.page.locator('#message-input').isDisabled(), 'nothing can be typed for nowhere');
   await h.screenshot(ann.page, 'kicked');
+});
+
+test('a user whose ban is over comes back with Retry now', { timeout: 90000 }, async () => {
+  const bea = await h.newPerson(browser);
+  await bea.page.goto(`${node.url}/signin`);
+  await bea.page.locator('#name').fill('bea');
+  await bea.page.getByRole('button', { name: 'Sign in' }).click();
+  await bea.page.waitForURL(`${node.url}/`);
+  await bea.page.goto(`${node.url}/rooms/dock`);
+  await h.waitOnline(bea.page);
+
+  // The host application removes her for three seconds, through the API.
+  const api = (route, init = {}) =>
+    fetch(`${node.url}/api/rooms/dock/${route}`, {
+      ...init,
+      headers: { Authorization: `Bearer ${API_TOKEN}`, 'Content-Type': 'application/json' },
+    });
+  const { members } = await (await api('members')).json();
+  const beaId = members.find((member) => member.name === 'bea').id;
+  const kicked = await api('kicks', { method: 'POST', body: JSON.stringify({ user_id: beaId, ban_seconds: 3 }) });
+  assert.equal(kicked.status, 204);
+  await bea.page.locator('#notice-bar', { hasText: 'A moderator removed you from this room.' }).waitFor();
+  assert.equal(await bea.page.locator('#status').getAttribute('data-state'), 'offline');
+  assert.ok(await bea.page.locator('#message-input').isDisabled());
+  const retry = bea.page.getByRole('button', { name: 'Retry now' });
+  assert.ok(await retry.isVisible(), 'a removed user may try again');
+
+  // While the ban lasts, trying again says so; once it is over, she is back in.
+  const deadline = Date.now() + 20000;
+  let refusals = 0;
+  for (;;) {
+    await retry.click();
+    // A banned socket opens and is closed with 4003 at once: the notice comes within moments.
+    const refused = await bea.page
+      .locator('#notice-bar', { hasText: 'You are banned from this room for now.' })
+      .waitFor({ timeout: 3000 })
+      .then(() => true, () => false);
+    if (!refused) break;
+    refusals += 1;
+    assert.ok(Date.now() < deadline, 'the ban of three seconds ended');
+    await retry.waitFor();
+    await bea.page.waitForTimeout(500); // the pace of a person trying again
+  }
+  assert.ok(refusals >= 1, 'trying again during the ban was refused');
+  await h.waitOnline(bea.page);
+  assert.ok(!(await bea.page.locator('#message-input').isDisabled()), 'she can type again');
+  assert.equal(await bea.page.locator('#notice-bar').textContent(), '');
+  await h.send(bea.page, 'back again');
+  await h.waitForMessage(bea.page, 'back again');
+  assert.deepEqual(bea.page.problems.dialogs, []);
 });
