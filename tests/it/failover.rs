@@ -155,6 +155,18 @@ async fn chat_through(
             echoed_ids.windows(2).all(|pair| pair[0] < pair[1]),
             "{room}: the sender's own frames in strictly increasing id order: {echoed_ids:?}"
         );
+        let mut texts: Vec<&str> = sent
+            .echoed
+            .iter()
+            .map(|f| f["data"].as_str().unwrap())
+            .collect();
+        texts.sort_unstable();
+        texts.dedup();
+        assert_eq!(
+            texts.len(),
+            sent.echoed.len(),
+            "{room}: no message published twice under two ids (a publish retried after its reply was lost)"
+        );
         assert!(
             sent.echoed.len() + sent.unavailable >= sent.sends,
             "{room}: every send was delivered or answered unavailable ({} sent, {} echoed, {} unavailable)",
