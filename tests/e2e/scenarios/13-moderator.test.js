@@ -96,10 +96,7 @@ test('a moderator deletes a message of someone else from the page', { timeout: 9
 
 test('a user whose ban is over comes back with Retry now', { timeout: 90000 }, async () => {
   const bea = await h.newPerson(browser);
-  await bea.page.goto(`${node.url}/signin`);
-  await bea.page.locator('#name').fill('bea');
-  await bea.page.getByRole('button', { name: 'Sign in' }).click();
-  await bea.page.waitForURL(`${node.url}/`);
+  await h.signIn(bea.page, node.url, 'bea');
   await bea.page.goto(`${node.url}/rooms/dock`);
   await h.waitOnline(bea.page);
 
