@@ -187,11 +187,14 @@ pub fn list_frame(
     Frame::new(0, text)
 }
 
-/// The two fields a node reads from an event frame that reached it from another node.
+/// The fields a node reads from an event frame that reached it from another node.
 #[derive(Debug, serde::Deserialize)]
 pub struct FrameHeader<'a> {
     /// The message id.
     pub id: u64,
+    /// The frame's type: `kick` notices are sequenced too, and reach no socket.
+    #[serde(rename = "type", borrow, default)]
+    pub kind: &'a str,
     /// The room it belongs to.
     #[serde(borrow)]
     pub room: &'a str,
@@ -200,9 +203,9 @@ pub struct FrameHeader<'a> {
     pub ts: u64,
 }
 
-/// What a node reads from a frame with id 0, outside the id sequence: a `typing` frame or a
-/// `kick` notice. Read only for those, so that sequenced frames (nearly all) parse no more
-/// than their [`FrameHeader`].
+/// What a node reads from a frame it acts on rather than only passes on: a `typing` frame (id
+/// 0, outside the id sequence) or a `kick` notice. Read only for those, so that other frames
+/// (nearly all) parse no more than their [`FrameHeader`].
 #[derive(Debug, serde::Deserialize)]
 pub struct UnsequencedHeader<'a> {
     /// `typing` or `kick`.

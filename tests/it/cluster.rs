@@ -497,6 +497,40 @@ async fn a_killed_subscription_loses_nothing_and_repeats_nothing(redis: &impl Re
 }
 on_one_redis_and_a_cluster!(a_killed_subscription_loses_nothing_and_repeats_nothing);
 
+async fn a_kick_reaches_a_node_whose_subscription_was_down_when_it_was_sent(
+    redis: &impl RedisUnderTest,
+) {
+    const TOKEN: &str = "api-token-of-the-moderation-backend-0123";
+    let a = spawn_node_with(redis, "node-a", |config| {
+        config.api_tokens = vec![TOKEN.to_owned().into()];
+    })
+    .await;
+    let b = spawn_node(redis, "node-b").await;
+    let ann = b.sign_in("ann").await;
+    let (mut ann_socket, _) = b.join(&ann, "lobby").await;
+
+    // Cut every subscription, and kick ann through node a before node b is back (it waits
+    // at least 50 ms before reconnecting): node b must find the kick in the partition's log.
+    redis.kill_subscriptions().await;
+    let status = reqwest::Client::new()
+        .post(a.url("/api/rooms/lobby/kicks"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"user_id": ann.user.id}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    let (code, reason, frames) = ann_socket.recv_close().await;
+    assert_eq!((code, reason.as_str()), (4003, "Kicked"));
+    assert!(
+        frames.iter().all(|frame| frame["type"] != "kick"),
+        "the notice reaches no socket: {frames:?}"
+    );
+}
+on_one_redis_and_a_cluster!(a_kick_reaches_a_node_whose_subscription_was_down_when_it_was_sent);
+
 async fn sigterm_of_one_node_moves_its_users_without_noise_while_others_keep_serving(
     redis: &impl RedisUnderTest,
 ) {

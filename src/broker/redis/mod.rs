@@ -293,13 +293,12 @@ impl Broker for RedisBroker {
     async fn kick(&self, room: &RoomName, user_id: &str, ban: Duration) -> Result<(), BrokerError> {
         let partition = Partition::of(room);
         let shared = &self.shared;
-        let notice = kick_notice(room, user_id);
-        let mut call = shared.scripts()?.kick.prepare_invoke();
+        let mut call = shared.common(partition).invoke(&shared.scripts()?.kick);
         call.key(partition.ban_key(room, user_id))
-            .arg(&shared.keys[partition.index()].channel)
-            .arg(notice)
+            .arg(kick_notice(room, user_id))
             .arg(ban.as_millis() as u64);
-        let _: i64 = shared.run(call).await?;
+        let id: u64 = shared.run(call).await?;
+        shared.partitions.saw(id);
         Ok(())
     }
 
@@ -911,11 +910,17 @@ fn declare_room_keys(
     }
 }
 
-/// The notice a `kick` publishes on the room's partition: id 0, never passed to a socket; each
-/// node closes the user's sockets in the room when it hears it.
+/// The body of the notice a `kick` publishes on the room's partition (the script gives it its
+/// id): never passed to a socket; each node closes the user's sockets in the room when it
+/// hears it, or finds it in the partition's log.
 fn kick_notice(room: &RoomName, user_id: &str) -> String {
-    serde_json::json!({"id": 0, "type": "kick", "room": room.as_str(), "user": {"id": user_id}})
-        .to_string()
+    let json = |text: &str| serde_json::to_string(text).expect("a string serializes");
+    format!(
+        "\"type\":\"kick\",\"room\":{},\"user\":{{\"id\":{}}},\"ts\":{}}}",
+        json(room.as_str()),
+        json(user_id),
+        now_ms()
+    )
 }
 
 /// The `"user":…,"data":"<name> left."` part of a `left` frame, stored at join so that any

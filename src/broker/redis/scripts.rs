@@ -97,7 +97,7 @@ impl Scripts {
             scrollback: script(&[CHATS, include_str!("lua/scrollback.lua")]),
             retained: script(&[CHATS, include_str!("lua/retained.lua")]),
             typing: Script::new(&settings.fill(include_str!("lua/typing.lua"))),
-            kick: Script::new(&settings.fill(include_str!("lua/kick.lua"))),
+            kick: script(&[EMIT, include_str!("lua/kick.lua")]),
             join: script(&[EMIT, PRESENCE, CHATS, include_str!("lua/join.lua")]),
             leave: presence(include_str!("lua/leave.lua")),
             sweep: presence(include_str!("lua/sweep.lua")),

@@ -38,7 +38,9 @@ use super::connection::Commands;
 use super::keys::{LEGACY_SEQ_KEY, PARTITIONS, Partition};
 use super::{COMMAND_TIMEOUT, MAX_BACKOFF, Shared};
 use crate::broker::BrokerError;
-use crate::protocol::{Frame, RoomName, UnsequencedHeader, frame_id, parse_frame_header};
+use crate::protocol::{
+    Frame, FrameHeader, RoomName, UnsequencedHeader, frame_id, parse_frame_header,
+};
 
 /// How often the subscription connection is pinged, so a silently dead one is noticed, and
 /// lingering partitions are let go.
@@ -310,7 +312,7 @@ impl Relay<'_> {
             .metrics
             .broker_delivery_lag_seconds
             .observe(lag_ms as f64 / 1000.0);
-        self.deliver(header.id, header.room, text);
+        self.deliver(&header, text);
         Ok(())
     }
 
@@ -331,13 +333,17 @@ impl Relay<'_> {
         let (hub, user) = (&self.shared.hub, &header.user.id);
         match header.kind {
             "typing" => hub.dispatch_typing(room.as_str(), &Frame::new(0, text), user),
-            "kick" => {
-                let kicked = hub.kick(room.as_str(), user);
-                if kicked > 0 {
-                    info!(room.id = %room, sockets = kicked, "kicked a user's sockets");
-                }
-            }
+            // As nodes before kicks were sequenced sent them.
+            "kick" => self.kick(room.as_str(), user),
             _ => warn!("ignoring an unknown id-0 frame on a partition channel"),
+        }
+    }
+
+    /// Closes this node's sockets of `user` in `room`, as a kick notice says.
+    fn kick(&self, room: &str, user: &str) {
+        let kicked = self.shared.hub.kick(room, user);
+        if kicked > 0 {
+            info!(room.id = %room, sockets = kicked, "kicked a user's sockets");
         }
     }
 
@@ -459,7 +465,7 @@ impl Relay<'_> {
                 continue;
             };
             first.get_or_insert(id);
-            self.deliver(id, header.room, &text);
+            self.deliver(&header, &text);
             recovered += 1;
         }
         self.shared
@@ -469,9 +475,18 @@ impl Relay<'_> {
         Ok((recovered, first))
     }
 
-    /// Hands one frame to the hub; [`Frame::new`] makes the one copy every socket shares.
-    fn deliver(&mut self, id: u64, room: &str, text: &str) {
-        self.shared.hub.dispatch(room, &Frame::new(id, text));
+    /// Hands one frame to the hub; [`Frame::new`] makes the one copy every socket shares. A
+    /// kick notice is acted on instead: it reaches no socket.
+    fn deliver(&mut self, header: &FrameHeader<'_>, text: &str) {
+        let id = header.id;
+        if header.kind == "kick" {
+            match serde_json::from_str::<UnsequencedHeader<'_>>(text) {
+                Ok(notice) => self.kick(notice.room, &notice.user.id),
+                Err(_) => warn!("ignoring a malformed kick notice on a partition channel"),
+            }
+        } else {
+            self.shared.hub.dispatch(header.room, &Frame::new(id, text));
+        }
         self.delivered[Partition::of_id(id).index()] = Some(id);
         self.shared.partitions.saw(id);
     }
