@@ -13,7 +13,7 @@
 //! What is the same for every call — the node's settings, the publish command — is written
 //! into the scripts' text when the broker starts ([`ScriptSettings`]), so a call carries only
 //! what changes and the script parses no more than it must: a chat costs one `EVALSHA` of
-//! four keys and six arguments.
+//! four keys and seven arguments.
 
 use std::time::Duration;
 
