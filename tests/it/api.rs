@@ -7,7 +7,7 @@ use std::time::Duration;
 use confab::Config;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TwoInARoom, spawn_app, spawn_app_with, two_in_a_room};
+use crate::helpers::{TestApp, TwoInARoom, api_call, spawn_app, spawn_app_with, two_in_a_room};
 
 const TOKEN: &str = "api-token-of-the-weather-bot-0123456789";
 const OTHER_TOKEN: &str = "api-token-of-the-moderation-backend-9876";
@@ -16,44 +16,9 @@ fn with_api(config: &mut Config) {
     config.api_tokens = vec![TOKEN.to_owned().into(), OTHER_TOKEN.to_owned().into()];
 }
 
-/// An API request with `token`: the status, the headers and the JSON body (`Null` when empty).
-async fn call(
-    app: &TestApp,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let client = reqwest::Client::new();
-    let mut request = client.request(method.parse().unwrap(), app.url(path));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_owned());
-    }
-    let response = request.send().await.expect("the request is answered");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    let json = if text.is_empty() {
-        Value::Null
-    } else {
-        assert_eq!(
-            headers.get("content-type").map(|v| v.to_str().unwrap()),
-            Some("application/json"),
-            "{method} {path}: JSON"
-        );
-        serde_json::from_str(&text).expect("the body is JSON")
-    };
-    (status, headers, json)
-}
-
 async fn post_bot(app: &TestApp, room: &str, text: &str) -> (u16, Value) {
     let body = json!({"text": text, "user": {"id": "weather-bot", "name": "Weather"}}).to_string();
-    let (status, _, json) = call(
+    let (status, _, json) = api_call(
         app,
         "POST",
         &format!("/api/rooms/{room}/messages"),
@@ -74,7 +39,7 @@ async fn without_a_tokens_file_the_api_is_not_there() {
         ("POST", "/api/rooms/lobby/kicks"),
         ("GET", "/api/openapi.json"),
     ] {
-        let (status, _, body) = call(&app, method, path, Some(TOKEN), Some("{}")).await;
+        let (status, _, body) = api_call(&app, method, path, Some(TOKEN), Some("{}")).await;
         assert_eq!(
             (status, body["error"].as_str()),
             (404, Some("not_found")),
@@ -98,14 +63,14 @@ async fn every_route_needs_a_valid_bearer_token(nodes: [&TestApp; 2]) {
         Some("wrong-token-wrong-token-wrong-token-0"),
         Some(""),
     ] {
-        let (status, _, body) = call(app, "GET", "/api/rooms/lobby/members", token, None).await;
+        let (status, _, body) = api_call(app, "GET", "/api/rooms/lobby/members", token, None).await;
         assert_eq!(
             (status, body["error"].as_str()),
             (401, Some("unauthorized")),
             "{token:?}"
         );
     }
-    let (status, _, _) = call(
+    let (status, _, _) = api_call(
         app,
         "GET",
         "/api/rooms/lobby/members",
@@ -149,7 +114,7 @@ async fn a_bot_message_reaches_every_node_in_order_with_the_others(nodes: [&Test
     assert_eq!(bot["data"], "Rain from 3 pm.", "trimmed as a socket's chat");
     assert_eq!(bot["user"]["id"], "weather-bot");
     assert_eq!(bot["user"]["name"], "Weather");
-    let (_, _, members) = call(a, "GET", "/api/rooms/weather/members", Some(TOKEN), None).await;
+    let (_, _, members) = api_call(a, "GET", "/api/rooms/weather/members", Some(TOKEN), None).await;
     let mut names: Vec<&str> = members["members"]
         .as_array()
         .unwrap()
@@ -200,7 +165,7 @@ async fn bad_posts_get_json_errors_and_reach_nobody(nodes: [&TestApp; 2]) {
         (&huge, 413, "too_large"),
     ];
     for (body, status, code) in cases {
-        let (got, _, json) = call(
+        let (got, _, json) = api_call(
             app,
             "POST",
             "/api/rooms/quiet/messages",
@@ -216,7 +181,7 @@ async fn bad_posts_get_json_errors_and_reach_nobody(nodes: [&TestApp; 2]) {
         );
         assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let (status, _, json) = call(
+    let (status, _, json) = api_call(
         app,
         "POST",
         "/api/rooms/Not%20a%20room/messages",
@@ -244,7 +209,7 @@ async fn the_api_deletes_messages_and_kicks_with_bans_on_every_node(nodes: [&Tes
     ann_socket.recv().await;
 
     let path = format!("/api/rooms/moderated/messages/{id}");
-    let (status, _, body) = call(a, "DELETE", &path, Some(TOKEN), None).await;
+    let (status, _, body) = api_call(a, "DELETE", &path, Some(TOKEN), None).await;
     assert_eq!((status, body), (204, Value::Null));
     for socket in [&mut ann_socket, &mut bob_socket] {
         let delete = socket.recv().await;
@@ -252,13 +217,13 @@ async fn the_api_deletes_messages_and_kicks_with_bans_on_every_node(nodes: [&Tes
         assert_eq!(delete["data"]["id"], id);
         assert_eq!(delete["user"]["bot"], true);
     }
-    let (status, _, body) = call(a, "DELETE", &path, Some(TOKEN), None).await;
+    let (status, _, body) = api_call(a, "DELETE", &path, Some(TOKEN), None).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (404, Some("not_found")),
         "already deleted"
     );
-    let (status, _, _) = call(
+    let (status, _, _) = api_call(
         a,
         "DELETE",
         "/api/rooms/moderated/messages/abc",
@@ -271,7 +236,7 @@ async fn the_api_deletes_messages_and_kicks_with_bans_on_every_node(nodes: [&Tes
     // Kick ann (on node b) through node a, banned for 2 s: her socket closes with 4003, a
     // new one is refused with 4003 until the ban ends, then she is back.
     let kick = json!({"user_id": ann.user.id, "ban_seconds": 2}).to_string();
-    let (status, _, _) = call(
+    let (status, _, _) = api_call(
         a,
         "POST",
         "/api/rooms/moderated/kicks",
@@ -296,7 +261,7 @@ async fn the_api_deletes_messages_and_kicks_with_bans_on_every_node(nodes: [&Tes
         assert!(frames.is_empty(), "no history for a banned socket");
     }
     let (status, _, members) =
-        call(b, "GET", "/api/rooms/moderated/members", Some(TOKEN), None).await;
+        api_call(b, "GET", "/api/rooms/moderated/members", Some(TOKEN), None).await;
     assert_eq!(status, 200);
     assert_eq!(members["members"].as_array().unwrap().len(), 1, "only bob");
     let back = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -310,7 +275,7 @@ async fn the_api_deletes_messages_and_kicks_with_bans_on_every_node(nodes: [&Tes
     }
     // Kicks without a ban, of nobody present, and refusals.
     let kick = json!({"user_id": "nobody-here"}).to_string();
-    let (status, _, _) = call(
+    let (status, _, _) = api_call(
         b,
         "POST",
         "/api/rooms/moderated/kicks",
@@ -325,7 +290,7 @@ async fn the_api_deletes_messages_and_kicks_with_bans_on_every_node(nodes: [&Tes
         r#"{"user_id":""}"#,
         too_long_ban.as_str(),
     ] {
-        let (status, _, json) = call(
+        let (status, _, json) = api_call(
             b,
             "POST",
             "/api/rooms/moderated/kicks",
@@ -353,7 +318,7 @@ async fn a_ban_holds_across_nodes_and_a_restart_of_the_node() {
     let ann = b.sign_in("ann").await;
     let (mut socket, _) = b.join(&ann, "strict").await;
     let kick = json!({"user_id": ann.user.id, "ban_seconds": 600}).to_string();
-    let (status, _, _) = call(
+    let (status, _, _) = api_call(
         &a,
         "POST",
         "/api/rooms/strict/kicks",
@@ -382,7 +347,7 @@ async fn each_token_has_its_own_rate_limit_and_every_request_is_counted() {
     let mut limited = None;
     for n in 0..1000 {
         let (status, headers, body) =
-            call(&app, "GET", "/api/rooms/lobby/members", Some(TOKEN), None).await;
+            api_call(&app, "GET", "/api/rooms/lobby/members", Some(TOKEN), None).await;
         if status == 429 {
             assert_eq!(body["error"], "rate_limited");
             assert!(headers.get("retry-after").is_some());
@@ -395,7 +360,7 @@ async fn each_token_has_its_own_rate_limit_and_every_request_is_counted() {
         limited.is_some_and(|n| n >= 60),
         "a burst of 60: {limited:?}"
     );
-    let (status, _, _) = call(
+    let (status, _, _) = api_call(
         &app,
         "GET",
         "/api/rooms/lobby/members",
@@ -424,7 +389,7 @@ async fn each_token_has_its_own_rate_limit_and_every_request_is_counted() {
 #[tokio::test]
 async fn the_openapi_document_describes_every_route() {
     let app = spawn_app_with(with_api).await;
-    let (status, _, document) = call(&app, "GET", "/api/openapi.json", None, None).await;
+    let (status, _, document) = api_call(&app, "GET", "/api/openapi.json", None, None).await;
     assert_eq!(status, 200);
     assert!(document["openapi"].as_str().unwrap().starts_with("3."));
     let paths = document["paths"].as_object().unwrap();

@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::helpers::{TestSocket, chat_texts, eventually, ids, types};
+use crate::helpers::{TestSocket, api_call, chat_texts, eventually, ids, types};
 use crate::redis_server::{
     CLUSTER_SECRET, RedisServer, RedisUnderTest, spawn_node, spawn_node_with,
 };
@@ -512,15 +512,15 @@ async fn a_kick_reaches_a_node_whose_subscription_was_down_when_it_was_sent(
     // Cut every subscription, and kick ann through node a before node b is back (it waits
     // at least 50 ms before reconnecting): node b must find the kick in the partition's log.
     redis.kill_subscriptions().await;
-    let status = reqwest::Client::new()
-        .post(a.url("/api/rooms/lobby/kicks"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body(serde_json::json!({"user_id": ann.user.id}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let kick = serde_json::json!({"user_id": ann.user.id}).to_string();
+    let (status, _, _) = api_call(
+        &a,
+        "POST",
+        "/api/rooms/lobby/kicks",
+        Some(TOKEN),
+        Some(&kick),
+    )
+    .await;
     assert_eq!(status, 204);
     let (code, reason, frames) = ann_socket.recv_close().await;
     assert_eq!((code, reason.as_str()), (4003, "Kicked"));

@@ -652,3 +652,38 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// An API request with `token`: the status, the headers and the JSON body (`Null` when empty).
+pub async fn api_call(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let client = reqwest::Client::new();
+    let mut request = client.request(method.parse().unwrap(), app.url(path));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+    }
+    let response = request.send().await.expect("the request is answered");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let json = if text.is_empty() {
+        Value::Null
+    } else {
+        assert_eq!(
+            headers.get("content-type").map(|v| v.to_str().unwrap()),
+            Some("application/json"),
+            "{method} {path}: JSON"
+        );
+        serde_json::from_str(&text).expect("the body is JSON")
+    };
+    (status, headers, json)
+}
