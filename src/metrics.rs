@@ -54,6 +54,11 @@ pub struct Metrics {
     pub broker_frames_received: IntCounter,
     /// Partitions whose channel this node is subscribed to.
     pub broker_partitions_subscribed: IntGauge,
+    /// Calls of the Redis publish script: chats that waited for their partition's call
+    /// before go several to a call, so chats per call tells how much the batching saves.
+    pub broker_publish_calls: IntCounter,
+    /// Chats waiting on this node for their partition's next publish call.
+    pub broker_publish_queued: IntGauge,
     /// Users announced as `left` because the node that held them died.
     pub presence_reaped: IntCounter,
     /// Tasks alive in the tokio runtime, read at each scrape: a leak shows as growth.
@@ -265,6 +270,16 @@ impl Metrics {
             "Partitions of rooms whose Redis channel this node is subscribed to.",
         )
         .unwrap();
+        let broker_publish_calls = IntCounter::new(
+            "confab_broker_publish_calls_total",
+            "Calls of the Redis publish script; one carries a chat, or several that waited for their partition's previous call.",
+        )
+        .unwrap();
+        let broker_publish_queued = IntGauge::new(
+            "confab_broker_publish_queued",
+            "Chats waiting on this node for their partition's next Redis publish call.",
+        )
+        .unwrap();
         let presence_reaped = IntCounter::new(
             "confab_presence_reaped_total",
             "Users removed from rooms because the node holding their sockets died.",
@@ -285,7 +300,7 @@ impl Metrics {
         .unwrap();
         node_info.with_label_values(&[node]).set(1);
 
-        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
             Box::new(connections.clone()),
             Box::new(messages_received.clone()),
             Box::new(messages_delivered.clone()),
@@ -302,6 +317,8 @@ impl Metrics {
             Box::new(broker_frames_lost.clone()),
             Box::new(broker_frames_received.clone()),
             Box::new(broker_partitions_subscribed.clone()),
+            Box::new(broker_publish_calls.clone()),
+            Box::new(broker_publish_queued.clone()),
             Box::new(presence_reaped.clone()),
             Box::new(node_info),
             Box::new(runtime_tasks.clone()),
@@ -347,6 +364,8 @@ impl Metrics {
             broker_frames_lost,
             broker_frames_received,
             broker_partitions_subscribed,
+            broker_publish_calls,
+            broker_publish_queued,
             presence_reaped,
             runtime_tasks,
         }

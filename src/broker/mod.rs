@@ -57,7 +57,7 @@ pub struct Amendment<'a> {
 
 /// Why the broker could not do what was asked. Only the Redis broker fails; the socket answers
 /// `error` `unavailable` (or closes with 1013 at join) and the message reaches nobody.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// Redis answered with an error, or the connection broke.
     #[error("Redis command failed: {0}")]
@@ -75,6 +75,9 @@ pub enum BrokerError {
     /// A join of a user banned from the room: the socket closes with 4003.
     #[error("the user is banned from the room")]
     Banned,
+    /// The node stopped while a chat waited for its partition's publish call.
+    #[error("the node stopped while the chat waited for Redis")]
+    Stopped,
 }
 
 /// What the rest of confab needs from a broker.

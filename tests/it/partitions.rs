@@ -1,13 +1,13 @@
 //! The partitioned Redis layout: rooms spread over partitions, each with its own ids, log and
 //! channel, and nodes that hear only the partitions their sockets are in.
 
-use confab::broker::redis::LINGER;
 use confab::broker::redis::keys::{LEGACY_SEQ_KEY, PARTITIONS, Partition};
+use confab::broker::redis::{COMMAND_TIMEOUT, LINGER};
 use confab::protocol::RoomName;
 
-use crate::helpers::{chat_texts, eventually, ids};
+use crate::helpers::{api_call, chat_texts, eventually, ids};
 use crate::redis_cluster::RedisCluster;
-use crate::redis_server::{RedisServer, spawn_node};
+use crate::redis_server::{RedisServer, spawn_node, spawn_node_with};
 
 /// `count` room names, each in a partition of its own (none of them the lobby's).
 fn rooms_in_distinct_partitions(count: usize) -> Vec<String> {
@@ -247,4 +247,148 @@ async fn a_chat_after_its_partitions_counter_was_lost_or_set_back_still_gets_a_h
         assert_eq!(Partition::of_id(id), Partition::of(&RoomName::lobby()));
         last = id;
     }
+}
+
+/// `count` room names in one partition (not the lobby's).
+fn rooms_in_one_partition(count: usize) -> Vec<String> {
+    let partition = partition_of("room-0");
+    (0..)
+        .map(|n| format!("room-{n}"))
+        .filter(|room| partition_of(room) == partition)
+        .take(count)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chats_that_wait_for_their_partitions_call_go_together_with_ids_in_order() {
+    const TOKEN: &str = "api-token-of-the-batching-bot-0123456789";
+    let redis = RedisServer::start().await;
+    let a = spawn_node_with(&redis, "node-a", |config| {
+        config.api_tokens = vec![TOKEN.to_owned().into()];
+    })
+    .await;
+    let rooms = rooms_in_one_partition(2);
+    let mut sockets = Vec::new();
+    for n in 0..10 {
+        let user = a.sign_in(&format!("user{n}")).await;
+        sockets.push(a.join(&user, &rooms[n % 2]).await.0);
+    }
+    let calls_before = a.metric("confab_broker_publish_calls_total").await;
+
+    // Redis holds every script while paused: the first chat's call stays out, and the
+    // partition's other chats — ten from sockets, two through the API — wait behind it.
+    let _: () = redis.command(&["CLIENT", "PAUSE", "1500", "WRITE"]).await;
+    for (n, socket) in sockets.iter_mut().enumerate() {
+        socket.send(&format!("chat {n}")).await;
+    }
+    let post = |n: usize| {
+        let (a, path) = (&a, format!("/api/rooms/{}/messages", rooms[n]));
+        async move {
+            let body = format!(r#"{{"text":"bot {n}","user":{{"id":"bot","name":"Bot"}}}}"#);
+            let (status, _, json) = api_call(a, "POST", &path, Some(TOKEN), Some(&body)).await;
+            assert_eq!(status, 201, "{json}");
+            (format!("bot {n}"), json["id"].as_u64().unwrap())
+        }
+    };
+    let (first_post, second_post, ()) = tokio::join!(post(0), post(1), async {
+        eventually(
+            "eleven chats waiting behind the first one's call",
+            || async { a.metric("confab_broker_publish_queued").await == 11.0 },
+        )
+        .await;
+        let _: () = redis.command(&["CLIENT", "UNPAUSE"]).await;
+    });
+    let posted = [first_post, second_post];
+    let mut seen = std::collections::BTreeMap::new();
+    for (n, socket) in sockets.iter_mut().enumerate() {
+        let frames: Vec<_> = socket
+            .recv_chats(6)
+            .await
+            .into_iter()
+            .filter(|frame| frame["type"] == "chat")
+            .collect();
+        let room_ids = ids(&frames);
+        assert!(
+            room_ids.windows(2).all(|pair| pair[0] < pair[1]),
+            "{room_ids:?}"
+        );
+        let mut texts = chat_texts(&frames);
+        texts.sort_unstable();
+        let mut expected: Vec<String> = (0..10)
+            .filter(|m| m % 2 == n % 2)
+            .map(|m| format!("chat {m}"))
+            .chain([format!("bot {}", n % 2)])
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(
+            texts, expected,
+            "socket {n} has each of its room's chats once"
+        );
+        for frame in &frames {
+            seen.insert(
+                frame["id"].as_u64().unwrap(),
+                frame["data"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    for (text, id) in &posted {
+        assert_eq!(
+            seen.get(id),
+            Some(text),
+            "the API answered the id its frame has"
+        );
+    }
+    let all: Vec<u64> = seen.keys().copied().collect();
+    assert_eq!(all.len(), 12);
+    assert!(
+        all.windows(2)
+            .all(|pair| pair[1] - pair[0] == u64::from(PARTITIONS)),
+        "twelve consecutive counter values of the partition: {all:?}"
+    );
+    assert_eq!(
+        a.metric("confab_broker_publish_calls_total").await - calls_before,
+        2.0,
+        "the first chat's call, then one of the eleven that waited"
+    );
+    assert_eq!(a.metric("confab_broker_publish_queued").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chats_waiting_behind_a_call_that_times_out_are_answered_with_it() {
+    let redis = RedisServer::start().await;
+    let a = spawn_node(&redis, "node-a").await;
+    let room = &rooms_in_one_partition(1)[0];
+    let mut sockets = Vec::new();
+    for n in 0..3 {
+        let user = a.sign_in(&format!("user{n}")).await;
+        sockets.push(a.join(&user, room).await.0);
+    }
+    // Redis stops answering scripts: the first chat's call runs out its time limit, and the
+    // two chats waiting behind it must not then each wait out a call of their own.
+    let _: () = redis.command(&["CLIENT", "PAUSE", "10000", "WRITE"]).await;
+    let sent = tokio::time::Instant::now();
+    for (n, socket) in sockets.iter_mut().enumerate() {
+        socket.send(&format!("chat {n}")).await;
+    }
+    eventually("two chats waiting behind the first one's call", || async {
+        a.metric("confab_broker_publish_queued").await == 2.0
+    })
+    .await;
+    for (n, socket) in sockets.iter_mut().enumerate() {
+        let error = loop {
+            let frame = socket.recv().await;
+            assert_ne!(frame["type"], "chat", "socket {n}: {frame}");
+            if frame["type"] == "error" {
+                break frame;
+            }
+        };
+        assert_eq!(error["code"], "unavailable", "socket {n}");
+    }
+    let answered_in = sent.elapsed();
+    assert!(
+        answered_in < COMMAND_TIMEOUT + COMMAND_TIMEOUT / 2,
+        "every sender heard within one call's time limit, not two: {answered_in:?}"
+    );
+    assert_eq!(a.metric("confab_broker_publish_queued").await, 0.0);
+    let _: () = redis.command(&["CLIENT", "UNPAUSE"]).await;
 }

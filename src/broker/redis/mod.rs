@@ -21,6 +21,7 @@ mod connection;
 mod expiry;
 pub mod keys;
 mod partition;
+mod publisher;
 mod scripts;
 mod subscriber;
 
@@ -44,6 +45,7 @@ pub use self::expiry::RENEW_EVERY;
 use self::keys::{Partition, registry};
 pub use self::partition::LINGER;
 use self::partition::PartitionTable;
+use self::publisher::{Chat, Publisher};
 use self::scripts::{Common, JoinOutcome, PartitionKeys, ScriptSettings, Scripts};
 use super::{Amendment, Broker, BrokerError, ScrollbackPage, Snapshot, TYPING_INTERVAL};
 use crate::config::Config;
@@ -120,6 +122,8 @@ struct Shared {
     partitions: PartitionTable,
     /// When this node last renewed each room's expiry ([`expiry`]).
     renewals: ExpiryRenewals,
+    /// Chats waiting for their partition's publish call ([`publisher`]).
+    publisher: Publisher,
     hub: Arc<Hub>,
     metrics: Metrics,
     history_len: usize,
@@ -201,6 +205,7 @@ impl RedisBroker {
             keys: PartitionKeys::all(),
             partitions: PartitionTable::new(),
             renewals: ExpiryRenewals::default(),
+            publisher: Publisher::new(),
             hub,
             metrics,
             history_len: config.chat.history,
@@ -247,20 +252,19 @@ impl Broker for RedisBroker {
         text: &str,
     ) -> Result<u64, BrokerError> {
         let partition = Partition::of(room);
-        let body = event_body(EventKind::Chat, room, user.json(), text, now_ms());
         let shared = &self.shared;
-        let mut call = shared.common(partition).invoke(&shared.scripts()?.publish);
         let now = Instant::now();
         // With nothing retained there is no `chats` list to keep alive.
         let renew = shared.retain_messages > 0 && shared.renewals.due(room, now);
-        call.key(partition.chats_key(room))
-            .arg(body)
-            .arg(if renew { "1" } else { "0" });
-        let id: u64 = shared.run(call).await?;
+        let chat = Chat {
+            chats_key: partition.chats_key(room),
+            body: event_body(EventKind::Chat, room, user.json(), text, now_ms()),
+            renew,
+        };
+        let id = publisher::publish(shared, partition, chat).await?;
         if renew {
             shared.renewals.renewed(room, now);
         }
-        shared.partitions.saw(id);
         Ok(id)
     }
 

@@ -13,7 +13,8 @@
 //! What is the same for every call — the node's settings, the publish command — is written
 //! into the scripts' text when the broker starts ([`ScriptSettings`]), so a call carries only
 //! what changes and the script parses no more than it must: a chat costs one `EVALSHA` of
-//! four keys and seven arguments.
+//! four keys and seven arguments, and n chats that waited for their partition's call go in
+//! one of 3 + n keys and 5 + 2n arguments (`publisher.rs`).
 
 use std::time::Duration;
 

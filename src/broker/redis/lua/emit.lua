@@ -28,8 +28,9 @@ local function fmt(n) return string.format('%d', n) end
 -- Where a sequence goes on when its counter just became `count` and that is 1 (first use, or
 -- Redis restarted empty) or at most `floor`: a new sequence begins at the caller's time in
 -- microseconds, above anything still in the log; and no counter value is given out at or
--- below one some node has already seen. Returns the counter value to use.
-local function restart_sequence(count)
+-- below one some node has already seen. Returns the counter value to use; `taken` values
+-- (1 when nil) from it on are given out.
+local function restart_sequence(count, taken)
   local fresh = count == 1
   local base = floor
   if fresh then
@@ -40,7 +41,7 @@ local function restart_sequence(count)
     end
   end
   count = base + 1
-  redis.call('SET', SEQ, fmt(count))
+  redis.call('SET', SEQ, fmt(base + (taken or 1)))
   -- A new sequence: nodes that find ids missing below its start know those were never
   -- given out by this Redis (whereas values skipped to pass `floor` were, elsewhere).
   if fresh then redis.call('SET', SEQ_START, fmt(count)) end
