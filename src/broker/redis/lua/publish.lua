@@ -23,7 +23,8 @@ if count == 1 or count <= tonumber(ARGV[1]) then
   {{emit}}
   count = restart_sequence(count, n)
 elseif n > 1 then
-  -- The counter's user list has no INCRBY (docs/redis.md, ACL); the script is atomic.
+  -- The other values with a SET, in the same atomic script: the ACL documented for confab
+  -- grants INCR, not INCRBY (docs/redis.md).
   redis.call('SET', SEQ, string.format('%d', count + n - 1))
 end
 local first = count * 128 + tonumber(ARGV[4])   -- keys::PARTITIONS
