@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use prometheus::IntGauge;
 use tokio::sync::oneshot;
 
 use super::Shared;
@@ -119,10 +120,8 @@ pub(super) async fn publish(
 ) -> Result<u64, BrokerError> {
     match shared.publisher.enter(partition, chat) {
         Turn::Queued(id) => {
-            shared.metrics.broker_publish_queued.inc();
-            let outcome = id.await;
-            shared.metrics.broker_publish_queued.dec();
-            outcome.unwrap_or(Err(BrokerError::Stopped))
+            let _counted = Counted::new(&shared.metrics.broker_publish_queued);
+            id.await.unwrap_or(Err(BrokerError::Stopped))
         }
         Turn::Now(chat) => {
             // Hands the lane on when the call is through — or when the sender's socket went
@@ -136,6 +135,23 @@ pub(super) async fn publish(
             hand_on.failure = outcome.as_ref().err().cloned();
             outcome
         }
+    }
+}
+
+/// One waiting chat in `confab_broker_publish_queued`, for as long as its sender waits —
+/// also when the sender's socket goes first.
+struct Counted<'a>(&'a IntGauge);
+
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -256,6 +272,21 @@ mod tests {
         assert!(publisher.lane(lobby).next_batch().is_none());
         assert!(!publisher.lane(lobby).busy, "idle once none wait");
         assert!(matches!(publisher.enter(lobby, chat("d")), Turn::Now(_)));
+    }
+
+    #[test]
+    fn a_waiting_chat_leaves_the_gauge_when_its_sender_stops_waiting() {
+        let gauge = IntGauge::new("queued", "chats waiting").unwrap();
+        let waiting = Counted::new(&gauge);
+        let also = Counted::new(&gauge);
+        assert_eq!(gauge.get(), 2);
+        drop(also);
+        drop(waiting);
+        assert_eq!(
+            gauge.get(),
+            0,
+            "a dropped wait (a socket that went) counts off too"
+        );
     }
 
     #[test]
