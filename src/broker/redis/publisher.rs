@@ -7,8 +7,9 @@
 //! wait for it and then go together, in one call: consecutive ids from one step of the
 //! counter, one append of them all to the log, then each chat's own append and publish
 //! (`lua/publish.lua`). A lone chat goes at once, from its own task, as if there were no
-//! queue; under load a call carries more chats and the cost per chat falls as the rate rises
-//! — no timer, no waiting for company. Nagle's algorithm, per partition.
+//! queue; under load a call carries more chats, Redis runs fewer instructions per chat, and
+//! three nodes near their ceiling keep their latency a ramp step longer (BENCHMARKS.md, "The
+//! Redis tier") — no timer, no waiting for company. Nagle's algorithm, per partition.
 //!
 //! Chats keep the order in which they reached the lane, so a partition's ids follow it, and a
 //! socket's chats (one in flight at a time) keep theirs. A call that fails fails each of its
