@@ -22,6 +22,9 @@ use crate::protocol::RoomName;
 /// `counter × PARTITIONS + partition`): changing it changes every key and id.
 pub const PARTITIONS: u16 = 128;
 
+/// How far apart the ids of consecutive counter values of one partition are.
+pub const ID_STEP: u64 = PARTITIONS as u64;
+
 /// Redis Cluster's number of hash slots.
 const SLOTS: u16 = 16_384;
 

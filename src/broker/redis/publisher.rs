@@ -24,15 +24,12 @@ use prometheus::IntGauge;
 use tokio::sync::oneshot;
 
 use super::Shared;
-use super::keys::{PARTITIONS, Partition};
+use super::keys::{ID_STEP, PARTITIONS, Partition};
 use crate::broker::BrokerError;
 
 /// The most chats one call carries; more wait for the next. Bounds the script's run (each
 /// chat is four commands) and the size of a call.
 pub(super) const MAX_CHATS_PER_CALL: usize = 32;
-
-/// Ids of consecutive counter values in one partition differ by this.
-const STEP: u64 = PARTITIONS as u64;
 
 /// One chat message, ready for the publish script.
 #[derive(Debug)]
@@ -193,7 +190,7 @@ async fn drain(shared: Arc<Shared>, partition: Partition, mut batch: Vec<Queued>
             // A sender that went away no longer waits for its id.
             let _ = queued
                 .reply
-                .send(outcome.clone().map(|first| first + n as u64 * STEP));
+                .send(outcome.clone().map(|first| first + n as u64 * ID_STEP));
         }
         if let Err(error) = outcome {
             fail_waiting(&shared, partition, &error);
@@ -232,7 +229,7 @@ async fn call<'c>(
     }
     shared.metrics.broker_publish_calls.inc();
     let first: u64 = shared.run(invocation).await?;
-    shared.partitions.saw(first + (count - 1) * STEP);
+    shared.partitions.saw(first + (count - 1) * ID_STEP);
     Ok(first)
 }
 

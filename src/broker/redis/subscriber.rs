@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::connection::Commands;
-use super::keys::{LEGACY_SEQ_KEY, PARTITIONS, Partition};
+use super::keys::{ID_STEP, LEGACY_SEQ_KEY, PARTITIONS, Partition};
 use super::{COMMAND_TIMEOUT, MAX_BACKOFF, Shared};
 use crate::broker::BrokerError;
 use crate::protocol::{
@@ -53,8 +53,6 @@ pub(super) const AUDIT_PERIOD: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Log entries read per request when catching up.
 const LOG_PAGE: i64 = 256;
-/// The id step within one partition.
-const STEP: u64 = PARTITIONS as u64;
 
 /// Keeps the node subscribed until `stop`, reconnecting with capped, jittered back-off. On a
 /// Redis Cluster, `pushes` brings the sharded messages the command connection receives.
@@ -302,7 +300,7 @@ impl Relay<'_> {
             return Ok(());
         }
         // With no id ever given out before, the first frame starts the sequence.
-        if delivered > 0 && header.id > delivered + STEP {
+        if delivered > 0 && header.id > delivered + ID_STEP {
             let (recovered, _) = self.read_log(partition, Some(header.id - 1)).await?;
             self.account_for_gap(partition, delivered, header.id, recovered)
                 .await?;
@@ -353,7 +351,7 @@ impl Relay<'_> {
         let (recovered, first) = self.read_log(partition, None).await?;
         if let Some(first) = first
             && before > 0
-            && first > before + STEP
+            && first > before + ID_STEP
         {
             self.account_for_gap(partition, before, first, 0).await?;
         }
@@ -378,7 +376,7 @@ impl Relay<'_> {
         next: u64,
         recovered: u64,
     ) -> Result<(), BrokerError> {
-        let missing = ((next - before) / STEP)
+        let missing = ((next - before) / ID_STEP)
             .saturating_sub(1)
             .saturating_sub(recovered);
         if missing == 0 {
@@ -391,7 +389,7 @@ impl Relay<'_> {
             .await?;
         let start = sequence_start.map(|counter| partition.id(counter));
         let never_given = match start {
-            Some(start) if start > before + STEP => (start.min(next) - before) / STEP - 1,
+            Some(start) if start > before + ID_STEP => (start.min(next) - before) / ID_STEP - 1,
             _ => 0,
         };
         let lost = missing.saturating_sub(never_given);
