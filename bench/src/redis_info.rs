@@ -34,6 +34,9 @@ pub struct RedisStep {
     pub evalsha_share: f64,
     /// Redis CPU per script call during the step, microseconds (`usec` / `calls`).
     pub evalsha_us_per_call: f64,
+    /// Redis CPU in script calls over the step, microseconds (`usec`): divided by the
+    /// messages sent, a chat's share, however many chats a call carried.
+    pub evalsha_usec: u64,
     /// The server's whole CPU over the step, seconds.
     pub cpu_secs: f64,
 }
@@ -108,6 +111,7 @@ pub fn between(
             } else {
                 usec as f64 / calls as f64
             },
+            evalsha_usec: usec,
             cpu_secs: cpu,
         })
         .collect()
@@ -138,5 +142,6 @@ mod tests {
         );
         assert!((steps[0].evalsha_share - 0.25).abs() < 1e-9);
         assert!((steps[0].evalsha_us_per_call - 5.5).abs() < 1e-9);
+        assert_eq!(steps[1].evalsha_usec, 55);
     }
 }

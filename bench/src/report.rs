@@ -347,21 +347,25 @@ impl Report {
                 );
             }
             for s in self.steps.iter().filter(|s| !s.redis.is_empty()) {
+                let per_message = |usec: f64| {
+                    if s.sent == 0 {
+                        0.0
+                    } else {
+                        usec / s.sent as f64
+                    }
+                };
                 let servers: Vec<String> = s
                     .redis
                     .iter()
                     .map(|r| {
                         format!(
-                            "{} {} scripts ({:.1} %), {:.2} µs each, CPU {:.2} µs/msg",
+                            "{} {} scripts ({:.1} %), {:.2} µs each, {:.2} µs/msg in scripts, CPU {:.2} µs/msg",
                             r.address,
                             r.evalsha_calls,
                             r.evalsha_share * 100.0,
                             r.evalsha_us_per_call,
-                            if s.sent == 0 {
-                                0.0
-                            } else {
-                                r.cpu_secs * 1e6 / s.sent as f64
-                            }
+                            per_message(r.evalsha_usec as f64),
+                            per_message(r.cpu_secs * 1e6)
                         )
                     })
                     .collect();

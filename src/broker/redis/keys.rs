@@ -67,7 +67,7 @@ impl Partition {
 
     /// The partition an id was given out in (ids fold their partition in).
     pub fn of_id(id: u64) -> Self {
-        Self((id % u64::from(PARTITIONS)) as u16)
+        Self((id % ID_STEP) as u16)
     }
 
     /// Partition number `index`, if below [`PARTITIONS`].
@@ -90,7 +90,7 @@ impl Partition {
 
     /// The id given out by the partition's counter value `counter`.
     pub fn id(self, counter: u64) -> u64 {
-        counter * u64::from(PARTITIONS) + u64::from(self.0)
+        counter * ID_STEP + u64::from(self.0)
     }
 
     /// Its bit in a set of partitions kept as one `u128`.
@@ -308,7 +308,7 @@ mod tests {
         let id = partition.id(12_345);
         assert_eq!(
             id,
-            12_345 * u64::from(PARTITIONS) + partition.index() as u64
+            12_345 * ID_STEP + partition.index() as u64
         );
         assert_eq!(Partition::of_id(id), partition);
     }

@@ -179,6 +179,7 @@ impl PartitionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::redis::keys::ID_STEP;
 
     fn partition(index: u16) -> Partition {
         Partition::new(index).unwrap()
@@ -231,7 +232,7 @@ mod tests {
     #[test]
     fn floors_are_per_partition() {
         let table = PartitionTable::new();
-        let id = 1_000 * u64::from(PARTITIONS) + 5;
+        let id = 1_000 * ID_STEP + 5;
         table.saw(id);
         assert_eq!(table.floor(partition(5)), id);
         assert_eq!(table.floor(partition(6)), 0);

@@ -21,7 +21,7 @@ use std::time::Duration;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 use serde_json::value::RawValue;
 
-use super::keys::{PARTITIONS, Partition, registry};
+use super::keys::{ID_STEP, Partition, registry};
 use crate::protocol::{now_ms, now_us};
 
 const EMIT: &str = include_str!("lua/emit.lua");
@@ -160,7 +160,7 @@ impl Common<'_> {
             .key(&keys.seq)
             .key(&keys.seq_start)
             .key(&keys.log)
-            .arg(self.floor / u64::from(PARTITIONS))
+            .arg(self.floor / ID_STEP)
             .arg(now_us())
             .arg(now_ms())
             .arg(keys.partition.index())
