@@ -306,10 +306,7 @@ mod tests {
         let room = RoomName::parse("general").unwrap();
         let partition = Partition::of(&room);
         let id = partition.id(12_345);
-        assert_eq!(
-            id,
-            12_345 * ID_STEP + partition.index() as u64
-        );
+        assert_eq!(id, 12_345 * ID_STEP + partition.index() as u64);
         assert_eq!(Partition::of_id(id), partition);
     }
 }

@@ -221,16 +221,36 @@ async fn call<'c>(
 ) -> Result<u64, BrokerError> {
     let count = chats.len() as u64;
     let mut invocation = shared.common(partition).invoke(&shared.scripts()?.publish);
-    for chat in chats {
-        invocation
-            .key(&chat.chats_key)
-            .arg(&chat.body)
-            .arg(if chat.renew { "1" } else { "0" });
+    let mut renewals = RenewMarks::default();
+    for (n, chat) in chats.enumerate() {
+        invocation.key(&chat.chats_key).arg(&chat.body);
+        renewals.note(n, chat.renew);
+    }
+    if !renewals.0.is_empty() {
+        invocation.arg(renewals.0);
     }
     shared.metrics.broker_publish_calls.inc();
     let first: u64 = shared.run(invocation).await?;
     shared.partitions.saw(first + (count - 1) * ID_STEP);
     Ok(first)
+}
+
+/// Which chats of a call renew their room's expiry, as the publish script reads them: a
+/// character per chat up to the last that does, `1` for those. Empty — and not passed — when
+/// none does, as in nearly every call: each argument costs Redis a slot of the script's
+/// `ARGV` table.
+#[derive(Debug, Default)]
+struct RenewMarks(String);
+
+impl RenewMarks {
+    /// Chat `n` of the call (from 0, in order) renews its room's expiry, or not.
+    fn note(&mut self, n: usize, renew: bool) {
+        if renew {
+            let skipped = n - self.0.len();
+            self.0.extend(std::iter::repeat_n('0', skipped));
+            self.0.push('1');
+        }
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +290,22 @@ mod tests {
         assert!(publisher.lane(lobby).next_batch().is_none());
         assert!(!publisher.lane(lobby).busy, "idle once none wait");
         assert!(matches!(publisher.enter(lobby, chat("d")), Turn::Now(_)));
+    }
+
+    #[test]
+    fn renewal_marks_name_the_chats_that_renew_and_are_empty_when_none_does() {
+        let marks = |flags: &[bool]| {
+            let mut marks = RenewMarks::default();
+            for (n, renew) in flags.iter().enumerate() {
+                marks.note(n, *renew);
+            }
+            marks.0
+        };
+        assert_eq!(marks(&[false]), "");
+        assert_eq!(marks(&[true]), "1");
+        assert_eq!(marks(&[false, false, false]), "");
+        assert_eq!(marks(&[false, true, false, true, false]), "0101");
+        assert_eq!(marks(&[true, true, false]), "11");
     }
 
     #[test]

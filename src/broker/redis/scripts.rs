@@ -13,8 +13,12 @@
 //! What is the same for every call — the node's settings, the publish command — is written
 //! into the scripts' text when the broker starts ([`ScriptSettings`]), so a call carries only
 //! what changes and the script parses no more than it must: a chat costs one `EVALSHA` of
-//! four keys and seven arguments, and n chats that waited for their partition's call go in
-//! one of 3 + n keys and 5 + 2n arguments (`publisher.rs`).
+//! four keys and four arguments, and n chats that waited for their partition's call go in
+//! one of 3 + n keys and 3 + n arguments (`publisher.rs`), one more when a chat renews its
+//! room's expiry (once an hour per room and node). Each argument costs Redis a string and a
+//! slot of the script's `ARGV` table on every call, and the fifth a resize of that table, so
+//! none is passed that a script can work out: the partition number is the node's newest id
+//! of the partition modulo 128, milliseconds are microseconds over 1,000.
 
 use std::time::Duration;
 
@@ -22,7 +26,7 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 use serde_json::value::RawValue;
 
 use super::keys::{ID_STEP, Partition, registry};
-use crate::protocol::{now_ms, now_us};
+use crate::protocol::now_us;
 
 const EMIT: &str = include_str!("lua/emit.lua");
 const PRESENCE: &str = include_str!("lua/presence.lua");
@@ -139,8 +143,8 @@ impl PartitionKeys {
     }
 }
 
-/// What every partition script takes first (`KEYS[1..3]`, `ARGV[1..5]` in `emit.lua`;
-/// `KEYS[4]`, `ARGV[6]` in `presence.lua`).
+/// What every partition script takes first (`KEYS[1..3]`, `ARGV[1..3]` in `emit.lua`;
+/// `KEYS[4]`, `ARGV[4]` in `presence.lua`).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Common<'a> {
     /// The partition's keys.
@@ -160,16 +164,14 @@ impl Common<'_> {
             .key(&keys.seq)
             .key(&keys.seq_start)
             .key(&keys.log)
-            .arg(self.floor / ID_STEP)
+            .arg(keys.partition.id(self.floor / ID_STEP))
             .arg(now_us())
-            .arg(now_ms())
-            .arg(keys.partition.index())
             .arg(&keys.channel);
         invocation
     }
 
     /// Like [`Common::invoke`], for a presence script: `KEYS[4]` is the partition's
-    /// departures, `ARGV[6]` its key prefix.
+    /// departures, `ARGV[4]` its key prefix.
     pub(super) fn invoke_presence<'s>(&self, script: &'s Script) -> ScriptInvocation<'s> {
         let mut invocation = self.invoke(script);
         invocation.key(&self.keys.leaving).arg(&self.keys.prefix);

@@ -6,17 +6,23 @@
 -- is why each partition's channel carries its frames in id order.
 --
 -- The settings are written into the script's text when the node starts (`scripts.rs`), so a
--- call passes only what changes: KEYS[1..3] and ARGV[1..5] are the same for every script that
--- makes frames; the script's own follow.
+-- call passes only what changes: KEYS[1..3] and ARGV[1..3] are the same for every script that
+-- makes frames; the script's own follow. Redis builds every argument into a string in the
+-- script's ARGV table on every call, and a table that outgrows 4 entries costs a resize, so a
+-- script is passed nothing it can work out (the partition from the id, milliseconds from
+-- microseconds).
 local SEQ, SEQ_START, LOG = KEYS[1], KEYS[2], KEYS[3]
 
-local floor = tonumber(ARGV[1])     -- the highest counter value the calling node has seen
-local now_us = ARGV[2]              -- the caller's clock, microseconds since the epoch
-local now_ms = ARGV[3]              -- the same, in milliseconds (the frames' ts)
-local partition = tonumber(ARGV[4]) -- this partition's number, folded into every id
-local CHANNEL = ARGV[5]             -- the partition's channel
-
 local PARTITIONS = 128                  -- keys::PARTITIONS
+-- ARGV[1]: the newest id of this partition the calling node has seen, or the partition's
+-- number when none (an id is counter value × PARTITIONS + partition).
+local seen = tonumber(ARGV[1])
+local partition = seen % PARTITIONS     -- this partition's number, folded into every id
+local floor = (seen - partition) / PARTITIONS  -- the highest counter value the node has seen
+local now_us = ARGV[2]                  -- the caller's clock, microseconds since the epoch
+local now_ms = math.floor(tonumber(now_us) / 1000)  -- the same in milliseconds (frames' ts)
+local CHANNEL = ARGV[3]                 -- the partition's channel
+
 local HISTORY_LEN = {{history_len}}     -- CONFAB_HISTORY
 local LOG_LEN = {{log_len}}             -- frames kept in the partition's log for gap repair
 local RETENTION_MS = {{retention_ms}}   -- how long an idle room keeps its lists

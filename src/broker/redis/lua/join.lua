@@ -3,9 +3,9 @@
 -- announces `join` if the user was not online, and returns the joining socket's snapshot,
 -- taken at the same instant: { newest id of the partition, the room's history, the users
 -- online }.
--- ARGV[7]: node, [8]: room, [9]: user id, [10]: user JSON, [11]: the `left` frame's
--- `"user":…,"data":…` fragment, [12]: the `join` frame body, [13]: most departures to sweep.
-local node, room, uid = ARGV[7], ARGV[8], ARGV[9]
+-- ARGV[5]: node, [6]: room, [7]: user id, [8]: user JSON, [9]: the `left` frame's
+-- `"user":…,"data":…` fragment, [10]: the `join` frame body, [11]: most departures to sweep.
+local node, room, uid = ARGV[5], ARGV[6], ARGV[7]
 
 -- The room's history: its newest HISTORY_LEN frames of any kind, oldest first. Chats and the
 -- other frames are kept in two lists (a chat is written once, to `chats`), both in id order,
@@ -34,15 +34,15 @@ end
 
 -- KEYS[12]: the user's ban from the room (set by `kick`): a banned user changes nothing.
 if redis.call('EXISTS', KEYS[12]) == 1 then return {'banned'} end
-sweep(tonumber(ARGV[13]), room)
+sweep(tonumber(ARGV[11]), room)
 local field = room .. ' ' .. uid
 redis.call('HINCRBY', node_sockets(node), field, 1)
 redis.call('HINCRBY', room_key(room, 'sockets'), uid, 1)
 redis.call('ZREM', LEAVING, field)
 if redis.call('SADD', room_key(room, 'online'), uid) == 1 then
-  redis.call('HSET', room_key(room, 'users'), uid, ARGV[10])
-  redis.call('HSET', room_key(room, 'farewell'), uid, ARGV[11])
-  emit(room_key(room, 'events'), HISTORY_LEN, ARGV[12])
+  redis.call('HSET', room_key(room, 'users'), uid, ARGV[8])
+  redis.call('HSET', room_key(room, 'farewell'), uid, ARGV[9])
+  emit(room_key(room, 'events'), HISTORY_LEN, ARGV[10])
 end
 local count = redis.call('GET', SEQ)
 return {

@@ -1,7 +1,7 @@
--- One socket of a user in a room, on this node, closed. ARGV[7]: node, [8]: room, [9]:
+-- One socket of a user in a room, on this node, closed. ARGV[5]: node, [6]: room, [7]:
 -- user id. Returns 0 when this node had no such socket counted (it re-synchronised since), 2
 -- when that was the user's last socket anywhere and `left` is now pending, else 1.
-local node, room, uid = ARGV[7], ARGV[8], ARGV[9]
+local node, room, uid = ARGV[5], ARGV[6], ARGV[7]
 local field = room .. ' ' .. uid
 local mine = node_sockets(node)
 local here = redis.call('HINCRBY', mine, field, -1)

@@ -1,7 +1,7 @@
 -- The second part of every presence script: room keys, departures and releases within one
--- partition. ARGV[6]: the partition's key prefix (`confab:{tag}:`). Room keys are built from
+-- partition. ARGV[4]: the partition's key prefix (`confab:{tag}:`). Room keys are built from
 -- that prefix, so they are always in the script's slot; KEYS[4] is the partition's departures
--- (`leaving`). Own arguments of presence scripts start at ARGV[7].
+-- (`leaving`). Own arguments of presence scripts start at ARGV[5].
 --
 -- `join` and `leave` also declare every key of their room and node in KEYS, after these: while
 -- a Redis Cluster migrates the partition's slot, Redis then redirects or retries the call
@@ -9,7 +9,7 @@
 -- scripts that touch rooms they cannot name in advance (sweep, release, resync) are re-run by
 -- the node's re-synchronisation if one fails so.
 local grace_ms = {{grace_ms}}  -- CONFAB_LEAVE_GRACE_MS
-local PREFIX = ARGV[6]
+local PREFIX = ARGV[4]
 local LEAVING = KEYS[4]
 
 local function room_key(room, part) return PREFIX .. 'room:' .. room .. ':' .. part end

@@ -1,15 +1,15 @@
 -- Makes Redis hold exactly what this node really has in this partition, after a failure left
 -- it unsure (a command that failed half-way, Redis restarted empty, the node declared dead).
--- ARGV[7]: node, [8]: '1' to announce `join` for users Redis had lost (they were told
--- `left`), then six values per entry from ARGV[9]: room, user id, sockets open here (0:
+-- ARGV[5]: node, [6]: '1' to announce `join` for users Redis had lost (they were told
+-- `left`), then six values per entry from ARGV[7]: room, user id, sockets open here (0:
 -- closed while Redis was unreachable), user JSON, `left` fragment, `join` body.
-local node, announce = ARGV[7], ARGV[8] == '1'
+local node, announce = ARGV[5], ARGV[6] == '1'
 local mine = node_sockets(node)
 local old = redis.call('HGETALL', mine)
 redis.call('DEL', mine)
 -- The new counts go in before the old ones come out, so a user present in both never
 -- reaches zero in between.
-for i = 9, #ARGV, 6 do
+for i = 7, #ARGV, 6 do
   local room, uid, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local field = room .. ' ' .. uid
   if count > 0 then
